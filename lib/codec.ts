@@ -1,0 +1,73 @@
+import { Compile } from 'typebox/compile'
+import { InboundEnvelope, type InboundMessage, type OutboundMessage } from '../schemas/envelope.js'
+import { CHANNEL_PATTERN } from '../schemas/options.js'
+import { errors } from './errors.js'
+
+const envelope = Compile(InboundEnvelope)
+const channelName = new RegExp(CHANNEL_PATTERN)
+
+/** Keys that could reach an object's prototype if the param were ever merged into another object. */
+const FORBIDDEN_KEYS: ReadonlySet<string> = new Set(['__proto__', 'constructor', 'prototype'])
+
+/**
+ * Decodes one text frame into an envelope. Malformed JSON, a value that is not an object, a wrong shape, nesting
+ * deeper than `maxDepth` or a forbidden key is an FST_SOCKET_BAD_REQUEST error: the caller answers it and the
+ * connection stays open.
+ *
+ * The depth and key check is one iterative walk over the parsed value (no recursion, so no stack to overflow),
+ * done before anything else touches the value. secure-json-parse would cover `__proto__` alone and a second walk
+ * would still be needed for depth and `constructor`/`prototype`, so one walk does both.
+ */
+export function decode (text: string, maxDepth: number): InboundMessage {
+  let value: unknown
+  try {
+    value = JSON.parse(text)
+  } catch {
+    throw new errors.FST_SOCKET_BAD_REQUEST('the frame is not valid JSON')
+  }
+  if (typeof value !== 'object' || value === null || Array.isArray(value)) {
+    throw new errors.FST_SOCKET_BAD_REQUEST('a message must be a JSON object')
+  }
+  checkStructure(value, maxDepth)
+  if (!envelope.Check(value)) {
+    const first = [...envelope.Errors(value)][0]
+    throw new errors.FST_SOCKET_BAD_REQUEST(`${first?.instancePath || 'message'} ${first?.message ?? 'has the wrong shape'}`)
+  }
+  return value
+}
+
+function checkStructure (root: object, maxDepth: number): void {
+  // The envelope itself is depth 1, so `param` may nest maxDepth levels below it.
+  const stack: Array<[unknown, number]> = [[root, 0]]
+  while (stack.length > 0) {
+    const [value, depth] = stack.pop() as [unknown, number]
+    if (typeof value !== 'object' || value === null) continue
+    if (depth > maxDepth) throw new errors.FST_SOCKET_BAD_REQUEST(`nesting deeper than ${maxDepth} levels`)
+    if (Array.isArray(value)) {
+      for (const item of value) stack.push([item, depth + 1])
+      continue
+    }
+    for (const key of Object.keys(value)) {
+      if (FORBIDDEN_KEYS.has(key)) throw new errors.FST_SOCKET_BAD_REQUEST(`the key "${key}" is not allowed`)
+      stack.push([(value as Record<string, unknown>)[key], depth + 1])
+    }
+  }
+}
+
+/** Serializes an outbound message once; the same bytes go to every recipient. */
+export function encode (message: OutboundMessage): Buffer {
+  return Buffer.from(JSON.stringify(message))
+}
+
+/** Tells whether a channel name is 1–255 characters of `[A-Za-z0-9_.:@/-]`. */
+export function isValidChannel (name: unknown): name is string {
+  return typeof name === 'string' && channelName.test(name)
+}
+
+/** Throws FST_SOCKET_INVALID_CHANNEL unless `name` is a valid channel name. */
+export function assertChannel (name: unknown): asserts name is string {
+  if (!isValidChannel(name)) {
+    const shown = typeof name === 'string' ? JSON.stringify(name.length > 40 ? `${name.slice(0, 40)}…` : name) : typeof name
+    throw new errors.FST_SOCKET_INVALID_CHANNEL(`${shown} (1–255 characters of A-Z a-z 0-9 _ . : @ / -)`)
+  }
+}

@@ -1,0 +1,63 @@
+import { Compile } from 'typebox/compile'
+import type { TSchema, Static } from 'typebox'
+import type { FastifyBaseLogger } from 'fastify'
+import { errors } from './errors.js'
+import { isReserved } from './protocol.js'
+import type { Connection } from './connection.js'
+
+/** What a command handler gets beside the param. */
+export interface CommandContext {
+  /** The connection the message came on. */
+  connection: Connection
+  /** The channel the message named (the connection is a member). */
+  channel: string
+  /** The message's `ref`, when the client wants an answer. */
+  ref: string | undefined
+  /** The connection's logger. */
+  log: FastifyBaseLogger
+}
+
+export type CommandHandler<P = unknown> = (param: P, ctx: CommandContext) => unknown
+
+/** What `app.socket.command(cmd, definition)` takes. */
+export interface CommandDefinition<S extends TSchema = TSchema> {
+  /** TypeBox schema for `param`, compiled once; a message that fails it gets FST_SOCKET_INVALID_PARAM. */
+  schema?: S
+  handler: CommandHandler<Static<S>>
+}
+
+interface Registered {
+  handler: CommandHandler
+  check: ((param: unknown) => string | null) | null
+}
+
+/** The application's inbound commands. Reserved names and duplicates are refused when they are registered. */
+export class CommandRegistry {
+  readonly #commands = new Map<string, Registered>()
+
+  add (cmd: string, definition: CommandDefinition): void {
+    if (typeof cmd !== 'string' || cmd.length === 0) throw new errors.FST_SOCKET_INVALID_OPTIONS('a command needs a name')
+    if (isReserved(cmd)) throw new errors.FST_SOCKET_RESERVED_COMMAND(cmd)
+    if (this.#commands.has(cmd)) throw new errors.FST_SOCKET_DUPLICATE_COMMAND(cmd)
+    if (typeof definition?.handler !== 'function') throw new errors.FST_SOCKET_INVALID_OPTIONS(`command "${cmd}" needs a handler function`)
+    let check: Registered['check'] = null
+    if (definition.schema !== undefined) {
+      const validator = Compile(definition.schema)
+      check = (param) => {
+        if (validator.Check(param)) return null
+        const first = [...validator.Errors(param)][0]
+        return `${first?.instancePath || 'param'} ${first?.message ?? 'is invalid'}`
+      }
+    }
+    this.#commands.set(cmd, { handler: definition.handler as CommandHandler, check })
+  }
+
+  /** Validates and runs one command; throws the coded error the client should see. */
+  async run (cmd: string, param: unknown, ctx: CommandContext): Promise<unknown> {
+    const command = this.#commands.get(cmd)
+    if (command === undefined) throw new errors.FST_SOCKET_UNKNOWN_COMMAND(cmd)
+    const problem = command.check?.(param) ?? null
+    if (problem !== null) throw new errors.FST_SOCKET_INVALID_PARAM(cmd, problem)
+    return await command.handler(param, ctx)
+  }
+}

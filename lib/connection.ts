@@ -1,0 +1,119 @@
+import type { WebSocket } from 'ws'
+import type { FastifyBaseLogger } from 'fastify'
+import type { OutboundMessage } from '../schemas/envelope.js'
+import type { Profile } from './options.js'
+import { CloseCode } from './errors.js'
+import { closeReason } from './protocol.js'
+import { encode } from './codec.js'
+
+/** A connection's life: OPENING until it is registered and `onOpen` hooks ran, then OPEN, CLOSING, CLOSED. */
+export const ConnectionState = { OPENING: 0, OPEN: 1, CLOSING: 2, CLOSED: 3 } as const
+export type ConnectionStateValue = typeof ConnectionState[keyof typeof ConnectionState]
+
+export type Metadata = Record<string, unknown>
+
+/** What `app.socket.connections()` reports for each connection. */
+export interface ConnectionInfo {
+  id: string
+  profileId: string | null
+  channels: string[]
+  metadata: Metadata
+  started: string
+  messagesIn: number
+  messagesOut: number
+  bytesIn: number
+  bytesOut: number
+}
+
+/**
+ * One WebSocket client: its identity, its channels, its counters and the send path. Sends check the socket's
+ * buffered bytes first: a client that stops reading is closed with 4008 once it passes `sendBufferLimit`, so a slow
+ * consumer never makes the server's memory grow without bound.
+ */
+export class Connection {
+  readonly id: string
+  readonly profile: Profile | null
+  readonly metadata: Metadata
+  readonly channels = new Set<string>()
+  readonly started = new Date()
+  readonly log: FastifyBaseLogger
+  /** The channel the connection started in; direct messages carry it. */
+  readonly home: string
+  state: ConnectionStateValue = ConnectionState.OPENING
+  /** Set when a ping goes out, cleared by any traffic from the peer (heartbeat). */
+  awaitingPong = false
+  messagesIn = 0
+  messagesOut = 0
+  bytesIn = 0
+  bytesOut = 0
+  readonly #socket: WebSocket
+  readonly #sendBufferLimit: number
+
+  constructor (init: { id: string, socket: WebSocket, profile: Profile | null, metadata: Metadata, home: string, log: FastifyBaseLogger, sendBufferLimit: number }) {
+    this.id = init.id
+    this.#socket = init.socket
+    this.profile = init.profile
+    this.metadata = init.metadata
+    this.home = init.home
+    this.log = init.log
+    this.#sendBufferLimit = init.sendBufferLimit
+  }
+
+  get profileId (): string | null {
+    return this.profile?.id ?? null
+  }
+
+  /**
+   * Writes already-encoded bytes (the same Buffer for every recipient of a broadcast). Returns false when the
+   * connection is not open or was just closed for being a slow consumer.
+   */
+  sendRaw (data: Buffer): boolean {
+    if (this.state === ConnectionState.CLOSING || this.state === ConnectionState.CLOSED) return false
+    if (this.#socket.bufferedAmount > this.#sendBufferLimit) {
+      this.log.warn({ bufferedAmount: this.#socket.bufferedAmount }, 'slow consumer: closing')
+      this.close(CloseCode.SLOW_CONSUMER, 'slow consumer: send buffer over its limit')
+      return false
+    }
+    this.#socket.send(data, { binary: false })
+    this.messagesOut++
+    this.bytesOut += data.length
+    return true
+  }
+
+  /** Encodes and sends one message to this connection alone. */
+  send (message: OutboundMessage): boolean {
+    return this.sendRaw(encode(message))
+  }
+
+  /** Starts the closing handshake with a code and a reason (cut to 123 bytes). */
+  close (code: number, reason: string): void {
+    if (this.state === ConnectionState.CLOSING || this.state === ConnectionState.CLOSED) return
+    this.state = ConnectionState.CLOSING
+    this.#socket.close(code, closeReason(reason))
+  }
+
+  /** Drops the TCP connection at once, without a closing handshake (dead peers, shutdown stragglers). */
+  terminate (): void {
+    this.state = ConnectionState.CLOSING
+    this.#socket.terminate()
+  }
+
+  ping (): void {
+    this.awaitingPong = true
+    this.#socket.ping()
+  }
+
+  info (): ConnectionInfo {
+    return {
+      id: this.id,
+      profileId: this.profileId,
+      channels: [...this.channels],
+      metadata: this.metadata,
+      started: this.started.toISOString(),
+      messagesIn: this.messagesIn,
+      messagesOut: this.messagesOut,
+      bytesIn: this.bytesIn,
+      bytesOut: this.bytesOut
+    }
+  }
+}

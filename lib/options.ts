@@ -1,0 +1,109 @@
+import { Compile } from 'typebox/compile'
+import { Value } from 'typebox/value'
+import { OptionsSchema, type OptionsData } from '../schemas/options.js'
+import { errors } from './errors.js'
+import { isBroker, type Broker } from './broker/broker.js'
+import { MemoryBroker } from './broker/memory.js'
+
+/** Claims of a verified token, as @fastify/jwt decodes them. */
+export type TokenPayload = Record<string, unknown>
+
+/**
+ * The profile a connection carries. Users add their own fields by merging into this interface:
+ *
+ * @example
+ * declare module 'fastify-forge-socket' {
+ *   interface ForgeSocketProfile { name: string, rooms: string[] }
+ * }
+ */
+export interface ForgeSocketProfile {
+  id: string
+}
+
+export type Profile = ForgeSocketProfile
+
+/** Maps verified claims to the connection's profile; throw to refuse the token (401). */
+export type ProfileMapper = (payload: TokenPayload) => Profile | Promise<Profile>
+
+/** What users pass to `app.register(forgeSocket, options)`. Every field is optional; defaults in docs/server.md. */
+export interface ForgeSocketOptions {
+  /** Registers @fastify/jwt with this secret, unless the app already registered @fastify/jwt. */
+  jwt?: { secret: string }
+  auth?: {
+    /** Algorithm allow-list enforced on every token. Default `['HS256']`. */
+    algorithms?: OptionsData['auth']['algorithms']
+    /** Cookie name to read the token from (needs @fastify/cookie). Default `false` (off). */
+    cookie?: string | false
+    /** Accept `?token=` (it is stripped from the URL before anything logs it). Default `false`. */
+    query?: boolean
+    /** Claims → profile. Default: the claims with `id` set from `sub` (a token without `sub` is refused). */
+    profile?: ProfileMapper
+  }
+  /** `'memory'` (default) or a Broker instance. */
+  broker?: 'memory' | Broker
+  maxPayload?: number
+  heartbeat?: { interval?: number, timeout?: number }
+  sendBufferLimit?: number
+  maxChannelsPerConnection?: number
+  maxDepth?: number
+  origins?: string[]
+  shutdownTimeout?: number
+  presence?: boolean
+  /** Decides client `subscribe` requests. Default: deny every one. */
+  authorizeChannel?: (profile: Profile | null, channel: string) => boolean | Promise<boolean>
+}
+
+export interface ResolvedOptions extends Omit<OptionsData, 'auth'> {
+  auth: OptionsData['auth'] & { profile: ProfileMapper }
+  broker: Broker
+  authorizeChannel: (profile: Profile | null, channel: string) => boolean | Promise<boolean>
+}
+
+const checker = Compile(OptionsSchema)
+
+/** The default profile: the claims, with `id` taken from `sub`. */
+function defaultProfile (payload: TokenPayload): Profile {
+  const sub = payload.sub
+  if (typeof sub !== 'string' || sub.length === 0) throw new errors.FST_SOCKET_TOKEN_INVALID('the token has no "sub" claim')
+  return { ...payload, id: sub }
+}
+
+function denyAll (): boolean {
+  return false
+}
+
+/**
+ * Validates the options against the schema, fills in the defaults (declared once, in the schema) and freezes
+ * the result. Anything invalid is an FST_SOCKET_INVALID_OPTIONS error, never silently replaced.
+ */
+export function resolveOptions (input: ForgeSocketOptions = {}): Readonly<ResolvedOptions> {
+  // Functions and the broker instance are checked here, not cloned into the data the schema validates.
+  const { authorizeChannel, broker = 'memory', auth = {}, ...rest } = input
+  const { profile = defaultProfile, ...authData } = auth
+  const data = Value.Default(OptionsSchema, structuredClone({ ...rest, auth: authData })) as OptionsData
+  if (!checker.Check(data)) {
+    const first = [...checker.Errors(data)][0]
+    throw new errors.FST_SOCKET_INVALID_OPTIONS(`${first?.instancePath || '/'} ${first?.message ?? 'is invalid'}`)
+  }
+  if (data.heartbeat.timeout >= data.heartbeat.interval) {
+    throw new errors.FST_SOCKET_INVALID_OPTIONS('/heartbeat/timeout must be shorter than /heartbeat/interval')
+  }
+  if (typeof profile !== 'function') throw new errors.FST_SOCKET_INVALID_OPTIONS('/auth/profile must be a function')
+  if (authorizeChannel !== undefined && typeof authorizeChannel !== 'function') {
+    throw new errors.FST_SOCKET_INVALID_OPTIONS('/authorizeChannel must be a function')
+  }
+  let resolvedBroker: Broker
+  if (broker === 'memory') resolvedBroker = new MemoryBroker()
+  else if (isBroker(broker)) resolvedBroker = broker
+  else throw new errors.FST_SOCKET_INVALID_OPTIONS('/broker must be "memory" or a Broker instance')
+
+  const resolved: ResolvedOptions = {
+    ...data,
+    auth: Object.freeze({ ...data.auth, profile }),
+    heartbeat: Object.freeze(data.heartbeat),
+    origins: data.origins === undefined ? undefined : Object.freeze([...data.origins]) as string[],
+    broker: resolvedBroker,
+    authorizeChannel: authorizeChannel ?? denyAll
+  }
+  return Object.freeze(resolved)
+}

@@ -1,0 +1,543 @@
+import { randomUUID } from 'node:crypto'
+import type { FastifyBaseLogger, FastifyInstance, FastifyRequest } from 'fastify'
+import type { TSchema } from 'typebox'
+import type { RawData, WebSocket } from 'ws'
+import type {} from '@fastify/websocket'
+import { CloseCode, errors, toClientError } from './errors.js'
+import { assertChannel, decode, encode } from './codec.js'
+import { isSendableCloseCode } from './protocol.js'
+import { ChannelRegistry, type MembershipChange } from './channels.js'
+import { CommandRegistry, type CommandDefinition } from './commands.js'
+import { Connection, ConnectionState, type ConnectionInfo, type Metadata } from './connection.js'
+import { Heartbeat } from './heartbeat.js'
+import { PageState, currentPageState, runAct, type ActHandler, type ActOptions, type ActRouteOptions, type UpgradePlan, type UpgradeTicket } from './act.js'
+import { authenticate } from './auth.js'
+import type { BrokerMessage } from './broker/broker.js'
+import type { Profile, ResolvedOptions } from './options.js'
+import type { InboundMessage, OutboundMessage, ServerMessageData } from '../schemas/envelope.js'
+
+const kPlan = Symbol('forge-socket.plan')
+type RequestWithPlan = FastifyRequest & { [kPlan]?: UpgradePlan }
+
+/** Frames that may wait while a connection is being registered; more than this is abuse (1008). */
+const MAX_PENDING_FRAMES = 256
+
+/** The longest delay a Node timer takes (about 24.8 days); token expiries further out are re-armed. */
+const MAX_TIMER = 2 ** 31 - 1
+
+export type OpenHook = (conn: Connection) => void | Promise<void>
+export type CloseHook = (conn: Connection, code: number) => void | Promise<void>
+
+/** What `status()` reports. */
+export interface SocketStatus {
+  node: string
+  closing: boolean
+  connections: number
+  channels: number
+  messagesIn: number
+  messagesOut: number
+}
+
+/** What `channels()` reports for each channel of this node. */
+export interface ChannelInfo {
+  name: string
+  connections: number
+  users: number
+  seq: number
+}
+
+/**
+ * `app.socket`: the registry of this node's connections and channels, and everything an application does with
+ * them. Messages for channels and connections on other nodes travel through the broker.
+ */
+export class SocketService {
+  /** This node's id, tagged on everything it publishes. */
+  readonly nodeId = randomUUID()
+  readonly #app: FastifyInstance
+  readonly #options: Readonly<ResolvedOptions>
+  readonly #connections = new Map<string, Connection>()
+  readonly #channels = new ChannelRegistry()
+  readonly #commands = new CommandRegistry()
+  readonly #heartbeat: Heartbeat
+  readonly #openHooks: OpenHook[] = []
+  readonly #closeHooks: CloseHook[] = []
+  readonly #expiries = new Map<Connection, NodeJS.Timeout>()
+  #closing = false
+  #drained: (() => void) | null = null
+  #messagesIn = 0
+  #messagesOut = 0
+
+  constructor (app: FastifyInstance, options: Readonly<ResolvedOptions>) {
+    this.#app = app
+    this.#options = options
+    this.#heartbeat = new Heartbeat(() => this.#connections.values(), options.heartbeat.interval, options.heartbeat.timeout)
+  }
+
+  /** Starts the broker and the heartbeat. Called once by the plugin. */
+  async start (): Promise<void> {
+    await this.#options.broker.start(this.nodeId, (message) => this.#fromBroker(message))
+    this.#heartbeat.start()
+  }
+
+  /**
+   * Returns route options for `app.get(url, ...)`. The handler runs before the upgrade, from a hook: it sees the
+   * verified profile and refuses by throwing (plain HTTP 400/401/403) or accepts with `ps.upgrade(channel)`.
+   *
+   * @example
+   * app.get('/ws/chat/:room', app.socket.act('chat.room', async (app, ps) => {
+   *   const room = ps.requestString('room', true)
+   *   return ps.upgrade(`chat-room-${room}`, { room })
+   * }))
+   */
+  act (name: string, handler: ActHandler, options: ActOptions = {}): ActRouteOptions {
+    if (typeof handler !== 'function') throw new errors.FST_SOCKET_INVALID_OPTIONS(`act "${name}" needs a handler function`)
+    const required = (options.auth ?? 'required') === 'required'
+    const service = this
+    return {
+      websocket: true,
+      async preValidation (request) {
+        if (!request.ws) throw new errors.FST_SOCKET_UPGRADE_REQUIRED()
+        if (service.#closing) throw new errors.FST_SOCKET_SHUTTING_DOWN()
+        service.#checkOrigin(request)
+        const { profile, payload } = await authenticate(this, request, service.#options.auth, required)
+        const ps = new PageState(name, request, profile, payload, options.onBinary)
+        await runAct(ps, () => handler(this, ps))
+        if (ps.plan === null) throw new errors.FST_SOCKET_NOT_UPGRADED(name);
+        (request as RequestWithPlan)[kPlan] = ps.plan
+      },
+      handler (socket, request) {
+        // preValidation always sets the plan before @fastify/websocket upgrades.
+        service.#accept(socket, (request as RequestWithPlan)[kPlan] as UpgradePlan)
+      }
+    }
+  }
+
+  /**
+   * The seed's `upgrade(channel, profile, logger)`, called from inside an act handler: accepts the upgrade
+   * into `channel`. Outside an act handler it throws FST_SOCKET_OUTSIDE_ACT.
+   *
+   * @example
+   * app.get('/ws/notifications', app.socket.act('notifications', (app, ps) =>
+   *   app.socket.upgrade(`user-${ps.profile!.id}`, ps.profile, ps.logger)))
+   */
+  upgrade (channel: string, profile?: Profile | null, logger?: FastifyBaseLogger): UpgradeTicket {
+    return currentPageState('app.socket.upgrade').upgrade(channel, {}, profile, logger)
+  }
+
+  /** `upgrade` with metadata, reported by `connections()`. */
+  upgradeWithMetadata (channel: string, profile: Profile | null | undefined, metadata: Metadata, logger?: FastifyBaseLogger): UpgradeTicket {
+    return currentPageState('app.socket.upgradeWithMetadata').upgrade(channel, metadata, profile, logger)
+  }
+
+  /**
+   * Sends a message to every member of a channel, on every node, serialized once. `except` skips one connection
+   * (usually the sender). Returns how many local connections it was written to.
+   *
+   * @example
+   * app.socket.broadcast('chat-room-lobby', { cmd: 'user-typing', param: { user: 'ann' } }, { except: conn.id })
+   */
+  broadcast (channel: string, message: ServerMessageData, options: { except?: string } = {}): number {
+    assertChannel(channel)
+    const outbound = toOutbound(channel, message)
+    const delivered = this.#deliver(channel, outbound, options.except)
+    this.#publish({ type: 'channel', origin: this.nodeId, channel, message: outbound, except: options.except })
+    return delivered
+  }
+
+  /**
+   * Sends a message to one channel or several (the seed's per-user idiom: `user-<id>` channels). Each channel
+   * gets its own envelope; returns how many local connections were written to.
+   *
+   * @example
+   * app.socket.sendToChannel(['user-ann', 'user-bob'], { cmd: 'notification', param: { title: 'Hi' } })
+   */
+  sendToChannel (channels: string | string[], message: ServerMessageData): number {
+    const list = Array.isArray(channels) ? channels : [channels]
+    list.forEach((name) => assertChannel(name))
+    let delivered = 0
+    for (const name of list) delivered += this.broadcast(name, message)
+    return delivered
+  }
+
+  /**
+   * Sends a message to one connection, wherever it is. The envelope's channel is `message.channel` or the channel
+   * the connection started in. Returns true when the connection is on this node.
+   *
+   * @example
+   * app.socket.sendToConnection(id, { cmd: 'kicked', param: { reason: 'spam' } })
+   */
+  sendToConnection (connectionId: string, message: ServerMessageData & { channel?: string }): boolean {
+    checkMessage(message)
+    if (message.channel !== undefined) assertChannel(message.channel)
+    const conn = this.#connections.get(connectionId)
+    if (conn === undefined) {
+      this.#publish({ type: 'connection', origin: this.nodeId, connectionId, message: { channel: message.channel, cmd: message.cmd, param: message.param ?? null } })
+      return false
+    }
+    this.#messagesOut++
+    return conn.send({ channel: message.channel ?? conn.home, cmd: message.cmd, param: message.param ?? null })
+  }
+
+  /**
+   * Adds a connection to a channel (presence: `user-joined` to the others). Resolves true when the connection is
+   * on this node, once the broker subscription is in place.
+   *
+   * @example
+   * await app.socket.join(conn.id, 'announcements')
+   */
+  async join (connectionId: string, channel: string): Promise<boolean> {
+    assertChannel(channel)
+    const conn = this.#connections.get(connectionId)
+    if (conn === undefined) {
+      await this.#publish({ type: 'join', origin: this.nodeId, connectionId, channel })
+      return false
+    }
+    await this.#join(conn, channel)
+    return true
+  }
+
+  /**
+   * Removes a connection from a channel (presence: `user-left` to the others). Resolves true when the connection
+   * is on this node.
+   *
+   * @example
+   * await app.socket.leave(conn.id, 'announcements')
+   */
+  async leave (connectionId: string, channel: string): Promise<boolean> {
+    assertChannel(channel)
+    const conn = this.#connections.get(connectionId)
+    if (conn === undefined) {
+      await this.#publish({ type: 'leave', origin: this.nodeId, connectionId, channel })
+      return false
+    }
+    await this.#leave(conn, channel)
+    return true
+  }
+
+  /**
+   * Closes a connection with a close code (default 1000) and a reason; 4000 tells the client not to reconnect.
+   * Returns true when the connection is on this node.
+   *
+   * @example
+   * app.socket.disconnect(id, 4000, 'account suspended')
+   */
+  disconnect (connectionId: string, code: number = CloseCode.NORMAL, reason = ''): boolean {
+    if (!isSendableCloseCode(code)) throw new errors.FST_SOCKET_INVALID_CLOSE_CODE(code)
+    const conn = this.#connections.get(connectionId)
+    if (conn === undefined) {
+      this.#publish({ type: 'disconnect', origin: this.nodeId, connectionId, code, reason })
+      return false
+    }
+    conn.close(code, reason)
+    return true
+  }
+
+  /**
+   * Registers the handler of an inbound command. The param is checked against `schema` (compiled once); the
+   * handler's return value is sent as `reply` when the client set `ref`; a thrown error becomes an `error`
+   * message and the connection stays open. Reserved or duplicate names throw at once.
+   *
+   * @example
+   * app.socket.command('chat-message', {
+   *   schema: Type.Object({ text: Type.String({ minLength: 1 }) }),
+   *   handler: (param, { channel, connection }) => { app.socket.broadcast(channel, { cmd: 'chat-message', param }) }
+   * })
+   */
+  command<S extends TSchema> (cmd: string, definition: CommandDefinition<S>): void {
+    this.#commands.add(cmd, definition as unknown as CommandDefinition)
+  }
+
+  /** Runs after a connection is registered and has received `connected`, before its messages are handled. */
+  onOpen (hook: OpenHook): void {
+    this.#openHooks.push(hook)
+  }
+
+  /** Runs once a connection has closed, whatever closed it, with the close code. */
+  onClose (hook: CloseHook): void {
+    this.#closeHooks.push(hook)
+  }
+
+  /** Counts for this node. */
+  status (): SocketStatus {
+    return {
+      node: this.nodeId,
+      closing: this.#closing,
+      connections: this.#connections.size,
+      channels: this.#channels.size,
+      messagesIn: this.#messagesIn,
+      messagesOut: this.#messagesOut
+    }
+  }
+
+  /** This node's channels with their member counts. */
+  channels (): ChannelInfo[] {
+    return this.#channels.names().map((name) => {
+      const channel = this.#channels.get(name)
+      /* c8 ignore next */
+      if (channel === undefined) throw new Error('unreachable')
+      return { name, connections: channel.members.size, users: channel.users.size, seq: channel.seq }
+    })
+  }
+
+  /** This node's connections, all or those in one channel. */
+  connections (channel?: string): ConnectionInfo[] {
+    const conns = channel === undefined ? this.#connections.values() : (this.#channels.get(channel)?.members ?? [])
+    return [...conns].map((conn) => conn.info())
+  }
+
+  /** The users present in a channel on this node, with how many connections each has there. */
+  presence (channel: string): Array<{ user: string, connections: number }> {
+    const users = this.#channels.get(channel)?.users ?? new Map<string, number>()
+    return [...users].map(([user, connections]) => ({ user, connections }))
+  }
+
+  /**
+   * Graceful shutdown (from the app's `preClose`): refuses new upgrades (503), closes every connection with 1001,
+   * waits for them up to `shutdownTimeout`, then terminates the rest.
+   */
+  async drain (): Promise<void> {
+    this.#closing = true
+    this.#heartbeat.stop()
+    if (this.#connections.size === 0) return
+    const drained = new Promise<void>((resolve) => { this.#drained = resolve })
+    for (const conn of this.#connections.values()) conn.close(CloseCode.GOING_AWAY, 'server shutting down')
+    const deadline = setTimeout(() => {
+      for (const conn of this.#connections.values()) {
+        conn.log.warn('still open at the shutdown deadline: terminating')
+        conn.terminate()
+      }
+    }, this.#options.shutdownTimeout)
+    await drained
+    clearTimeout(deadline)
+  }
+
+  /** Releases the broker (from the app's `onClose`). */
+  async stop (): Promise<void> {
+    this.#heartbeat.stop()
+    await this.#options.broker.close()
+  }
+
+  #checkOrigin (request: FastifyRequest): void {
+    const allowed = this.#options.origins
+    const origin = request.headers.origin
+    if (allowed === undefined || origin === undefined) return
+    if (!allowed.includes(origin)) throw new errors.FST_SOCKET_ORIGIN_FORBIDDEN(origin)
+  }
+
+  #accept (socket: WebSocket, plan: UpgradePlan): void {
+    const id = randomUUID()
+    const conn = new Connection({
+      id,
+      socket,
+      profile: plan.profile,
+      metadata: plan.metadata,
+      home: plan.channel,
+      log: plan.logger.child({ connId: id }),
+      sendBufferLimit: this.#options.sendBufferLimit
+    })
+    // Listeners go on before any await, so frames that arrive while the connection is registered wait in
+    // `pending` instead of being lost.
+    const pending: Array<[RawData, boolean]> = []
+    socket.on('message', (data, isBinary) => {
+      conn.awaitingPong = false
+      if (conn.state !== ConnectionState.OPENING) return this.#inbound(conn, plan, data, isBinary)
+      if (pending.length >= MAX_PENDING_FRAMES) return conn.close(CloseCode.POLICY_VIOLATION, 'too many frames before open')
+      pending.push([data, isBinary])
+    })
+    socket.on('pong', () => { conn.awaitingPong = false })
+    socket.on('close', (code) => { void this.#closed(conn, code) })
+    this.#connections.set(id, conn)
+    this.#armExpiry(conn, plan.payload?.exp)
+    conn.log.debug({ channel: plan.channel }, 'connection open')
+    conn.send({ channel: plan.channel, cmd: 'connected', param: { connectionId: id, channels: [plan.channel] } })
+    void this.#open(conn, plan, pending)
+  }
+
+  async #open (conn: Connection, plan: UpgradePlan, pending: Array<[RawData, boolean]>): Promise<void> {
+    try {
+      await this.#join(conn, plan.channel)
+      for (const hook of this.#openHooks) await hook(conn)
+    } catch (err) {
+      conn.log.error({ err }, 'connection setup failed')
+      conn.close(CloseCode.INTERNAL_ERROR, 'internal error')
+      return
+    }
+    if (conn.state !== ConnectionState.OPENING) return
+    conn.state = ConnectionState.OPEN
+    for (const [data, isBinary] of pending.splice(0)) this.#inbound(conn, plan, data, isBinary)
+  }
+
+  #armExpiry (conn: Connection, exp: unknown): void {
+    if (typeof exp !== 'number') return
+    const delay = exp * 1000 - Date.now()
+    const timer = setTimeout(() => {
+      if (delay > MAX_TIMER) return this.#armExpiry(conn, exp)
+      conn.log.info('token expired: closing')
+      conn.close(CloseCode.UNAUTHORIZED, 'token expired')
+    }, Math.max(0, Math.min(delay, MAX_TIMER))).unref()
+    this.#expiries.set(conn, timer)
+  }
+
+  async #closed (conn: Connection, code: number): Promise<void> {
+    conn.state = ConnectionState.CLOSED
+    this.#connections.delete(conn.id)
+    clearTimeout(this.#expiries.get(conn))
+    this.#expiries.delete(conn)
+    conn.log.debug({ code }, 'connection closed')
+    if (this.#connections.size === 0) this.#drained?.()
+    try {
+      for (const channel of [...conn.channels]) await this.#leave(conn, channel)
+      for (const hook of this.#closeHooks) await hook(conn, code)
+    } catch (err) {
+      conn.log.error({ err }, 'close hook failed')
+    }
+  }
+
+  #inbound (conn: Connection, plan: UpgradePlan, data: RawData, isBinary: boolean): void {
+    const bytes = data as Buffer
+    conn.messagesIn++
+    conn.bytesIn += bytes.length
+    this.#messagesIn++
+    if (isBinary) {
+      if (plan.onBinary === undefined) return conn.close(CloseCode.UNSUPPORTED_DATA, 'binary frames are not accepted')
+      void this.#settle(conn, conn.home, undefined, () => plan.onBinary?.(bytes, conn.id))
+      return
+    }
+    let message: InboundMessage
+    try {
+      message = decode(bytes.toString('utf8'), this.#options.maxDepth)
+    } catch (err) {
+      this.#sendError(conn, conn.home, undefined, err)
+      return
+    }
+    void this.#settle(conn, message.channel, message.ref, () => this.#dispatch(conn, message))
+  }
+
+  /** Runs one handler: its value becomes the `reply` (when `ref` was set), its error an `error` message. */
+  async #settle (conn: Connection, channel: string, ref: string | undefined, run: () => unknown): Promise<void> {
+    try {
+      const result = await run()
+      if (ref !== undefined) this.#reply(conn, { channel, cmd: 'reply', param: result ?? null, ref })
+    } catch (err) {
+      this.#sendError(conn, channel, ref, err)
+    }
+  }
+
+  async #dispatch (conn: Connection, message: InboundMessage): Promise<unknown> {
+    const { channel, cmd, param, ref } = message
+    switch (cmd) {
+      case 'ping':
+        this.#reply(conn, { channel, cmd: 'pong', param: null, ref })
+        return undefined
+      case 'subscribe':
+        assertChannel(channel)
+        if (conn.channels.has(channel)) return { channel }
+        if (conn.channels.size >= this.#options.maxChannelsPerConnection) {
+          throw new errors.FST_SOCKET_LIMIT_EXCEEDED(`at most ${this.#options.maxChannelsPerConnection} channels per connection`)
+        }
+        if (await this.#options.authorizeChannel(conn.profile, channel) !== true) throw new errors.FST_SOCKET_FORBIDDEN(`subscribing to "${channel}"`)
+        await this.#join(conn, channel)
+        return { channel }
+      case 'unsubscribe':
+        await this.#leave(conn, channel)
+        return { channel }
+    }
+    if (!conn.channels.has(channel)) throw new errors.FST_SOCKET_NOT_SUBSCRIBED(channel)
+    return await this.#commands.run(cmd, param, { connection: conn, channel, ref, log: conn.log })
+  }
+
+  /** Answers one connection (`ref` left undefined is dropped by the encoder). */
+  #reply (conn: Connection, message: OutboundMessage): void {
+    this.#messagesOut++
+    conn.send(message)
+  }
+
+  #sendError (conn: Connection, channel: string, ref: string | undefined, err: unknown): void {
+    const { exposed, ...param } = toClientError(err)
+    if (exposed) conn.log.debug({ code: param.code }, 'message refused')
+    else conn.log.error({ err }, 'command handler failed')
+    this.#reply(conn, { channel, cmd: 'error', param, ref })
+  }
+
+  async #join (conn: Connection, channel: string): Promise<void> {
+    const change = this.#channels.join(conn, channel)
+    if (change === null) return
+    if (change.firstOrLast) await this.#options.broker.subscribe(channel)
+    this.#presence(conn, change, 'user-joined')
+  }
+
+  async #leave (conn: Connection, channel: string): Promise<void> {
+    const change = this.#channels.leave(conn, channel)
+    if (change === null) return
+    this.#presence(conn, change, 'user-left')
+    if (change.firstOrLast) await this.#options.broker.unsubscribe(channel)
+  }
+
+  #presence (conn: Connection, change: MembershipChange, cmd: 'user-joined' | 'user-left'): void {
+    if (!this.#options.presence || !change.userFirstOrLast || conn.profileId === null) return
+    this.broadcast(change.channel.name, { cmd, param: { user: conn.profileId, connectionId: conn.id } }, { except: conn.id })
+  }
+
+  /** Writes a channel message to this node's members: one encoding, the same bytes for each. */
+  #deliver (name: string, message: OutboundMessage, except: string | undefined): number {
+    const channel = this.#channels.get(name)
+    if (channel === undefined) return 0
+    // `seq` numbers the messages every member receives, so a gap in it always means a lost message; a message
+    // with `except` skips someone and carries none.
+    const data = encode(except === undefined ? { ...message, seq: ++channel.seq } : message)
+    let delivered = 0
+    for (const member of channel.members) {
+      if (member.id !== except && member.sendRaw(data)) delivered++
+    }
+    this.#messagesOut += delivered
+    return delivered
+  }
+
+  #publish (message: BrokerMessage): Promise<void> | void {
+    try {
+      const result = this.#options.broker.publish(message)
+      if (result instanceof Promise) {
+        return result.catch((err: unknown) => { this.#app.log.error({ err, type: message.type }, 'broker publish failed') })
+      }
+    } catch (err) {
+      this.#app.log.error({ err, type: message.type }, 'broker publish failed')
+    }
+  }
+
+  #fromBroker (message: BrokerMessage): void {
+    if (message.origin === this.nodeId) return
+    switch (message.type) {
+      case 'channel':
+        this.#deliver(message.channel, message.message, message.except)
+        return
+      case 'connection': {
+        const conn = this.#connections.get(message.connectionId)
+        if (conn !== undefined) conn.send({ ...message.message, channel: message.message.channel ?? conn.home })
+        return
+      }
+      case 'join':
+      case 'leave': {
+        const conn = this.#connections.get(message.connectionId)
+        if (conn === undefined) return
+        const change = message.type === 'join' ? this.#join(conn, message.channel) : this.#leave(conn, message.channel)
+        change.catch((err: unknown) => conn.log.error({ err }, `remote ${message.type} failed`))
+        return
+      }
+      case 'disconnect':
+        this.#connections.get(message.connectionId)?.close(message.code, message.reason)
+    }
+  }
+}
+
+/** Checks what application code wants to send: FST_SOCKET_INVALID_MESSAGE unless it has a non-empty `cmd`. */
+function checkMessage (message: ServerMessageData): void {
+  if (typeof message !== 'object' || message === null || typeof message.cmd !== 'string' || message.cmd.length === 0) {
+    throw new errors.FST_SOCKET_INVALID_MESSAGE('a message needs a non-empty string "cmd"')
+  }
+}
+
+/** Builds the envelope of a channel message. */
+function toOutbound (channel: string, message: ServerMessageData): OutboundMessage {
+  checkMessage(message)
+  return { channel, cmd: message.cmd, param: message.param ?? null }
+}

@@ -1,0 +1,106 @@
+import Fastify, { type FastifyInstance } from 'fastify'
+import { createSigner } from 'fast-jwt'
+import WebSocket from 'ws'
+import forgeSocket, { type ForgeSocketOptions, type OutboundMessage } from '../../plugin.js'
+
+export const SECRET = 'test-secret-that-is-long-enough-for-hs256'
+
+/** Signs an HS256 token with the test secret (or the given key/algorithm). */
+export function sign (claims: Record<string, unknown>, options: { key?: string, algorithm?: string, expiresIn?: number } = {}): string {
+  const signer = createSigner({
+    key: options.key ?? SECRET,
+    algorithm: (options.algorithm ?? 'HS256') as 'HS256',
+    ...(options.expiresIn !== undefined ? { expiresIn: options.expiresIn } : {})
+  })
+  return signer(claims)
+}
+
+/** A Fastify app with forge-socket registered, not yet listening. */
+export async function build (options: ForgeSocketOptions = {}, setup?: (app: FastifyInstance) => void | Promise<void>): Promise<FastifyInstance> {
+  const app = Fastify({ logger: false })
+  await app.register(forgeSocket, { jwt: { secret: SECRET }, ...options })
+  await setup?.(app)
+  return app
+}
+
+/** Listens on a free port and returns the ws:// base URL. */
+export async function listen (app: FastifyInstance): Promise<string> {
+  const address = await app.listen({ port: 0, host: '127.0.0.1' })
+  return address.replace(/^http/, 'ws')
+}
+
+/** A test client: collects every message and lets a test wait for the next one that matches. */
+export class Client {
+  readonly ws: WebSocket
+  readonly messages: OutboundMessage[] = []
+  #waiters: Array<{ match: (m: OutboundMessage) => boolean, resolve: (m: OutboundMessage) => void }> = []
+  readonly closed: Promise<{ code: number, reason: string }>
+  readonly opened: Promise<void>
+
+  constructor (url: string, options: WebSocket.ClientOptions & { protocols?: string[] } = {}) {
+    const { protocols, ...rest } = options
+    this.ws = new WebSocket(url, protocols, rest)
+    this.ws.on('message', (data) => {
+      const message = JSON.parse(data.toString()) as OutboundMessage
+      this.messages.push(message)
+      const i = this.#waiters.findIndex((w) => w.match(message))
+      if (i !== -1) this.#waiters.splice(i, 1)[0]?.resolve(message)
+    })
+    this.opened = new Promise((resolve, reject) => {
+      this.ws.once('open', () => resolve())
+      this.ws.once('error', reject)
+    })
+    this.closed = new Promise((resolve) => {
+      this.ws.once('close', (code, reason) => resolve({ code, reason: reason.toString() }))
+    })
+  }
+
+  /** Resolves with the first message (already received or to come) for which `match` holds. */
+  next (match: string | ((m: OutboundMessage) => boolean)): Promise<OutboundMessage> {
+    const fn = typeof match === 'string' ? (m: OutboundMessage) => m.cmd === match : match
+    const seen = this.messages.findIndex(fn)
+    if (seen !== -1) return Promise.resolve(this.messages.splice(seen, 1)[0] as OutboundMessage)
+    return new Promise((resolve) => this.#waiters.push({ match: fn, resolve: (m) => { this.messages.splice(this.messages.indexOf(m), 1); resolve(m) } }))
+  }
+
+  send (message: unknown): void {
+    this.ws.send(typeof message === 'string' ? message : JSON.stringify(message))
+  }
+
+  /** Sends a message with a ref and resolves with its reply or error. */
+  async request (channel: string, cmd: string, param: unknown, ref = Math.random().toString(36).slice(2)): Promise<OutboundMessage> {
+    const answer = this.next((m) => m.ref === ref)
+    this.send({ channel, cmd, param, ref })
+    return await answer
+  }
+
+  close (): void {
+    this.ws.close(1000)
+  }
+}
+
+/** Connects with a token in the Authorization header and waits for `connected`. */
+export async function connect (url: string, token?: string, options: WebSocket.ClientOptions & { protocols?: string[] } = {}): Promise<{ client: Client, connected: OutboundMessage }> {
+  const headers = { ...(options.headers ?? {}), ...(token !== undefined ? { authorization: `Bearer ${token}` } : {}) }
+  const client = new Client(url, { ...options, headers })
+  const connected = await client.next('connected')
+  return { client, connected }
+}
+
+/** Attempts an upgrade that should be refused; resolves with the HTTP status and the JSON body. */
+export function refused (url: string, options: WebSocket.ClientOptions & { protocols?: string[] } = {}): Promise<{ status: number, body: { code?: string, message?: string, statusCode?: number } }> {
+  return new Promise((resolve, reject) => {
+    const { protocols, ...rest } = options
+    const ws = new WebSocket(url, protocols, rest)
+    ws.on('open', () => { ws.terminate(); reject(new Error('the upgrade was accepted')) })
+    ws.on('error', () => {})
+    ws.on('unexpected-response', (_req, res) => {
+      let body = ''
+      res.on('data', (chunk: Buffer) => { body += chunk.toString() })
+      res.on('end', () => {
+        ws.terminate()
+        resolve({ status: res.statusCode ?? 0, body: body.length > 0 ? JSON.parse(body) : {} })
+      })
+    })
+  })
+}
