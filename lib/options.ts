@@ -65,7 +65,8 @@ const checker = Compile(OptionsSchema)
 function defaultProfile (payload: TokenPayload): Profile {
   const sub = payload.sub
   if (typeof sub !== 'string' || sub.length === 0) throw new errors.FST_SOCKET_TOKEN_INVALID('the token has no "sub" claim')
-  return { ...payload, id: sub }
+  // The claims are the profile; fields users merged into ForgeSocketProfile come from their own claims.
+  return { ...payload, id: sub } as Profile
 }
 
 function denyAll (): boolean {

@@ -1,0 +1,108 @@
+import Fastify, { type FastifyInstance, type FastifyServerOptions } from 'fastify'
+import fastifyStatic from '@fastify/static'
+import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox'
+import Type from 'typebox'
+import { fileURLToPath } from 'node:url'
+import forgeSocket, { badRequest, forbidden, type TokenPayload } from '../plugin.js'
+
+declare module '../plugin.js' {
+  interface ForgeSocketProfile {
+    rooms: string[]
+  }
+}
+
+/** The secret used when JWT_SECRET is not set. Anyone can read it here: never use it outside a demo. */
+export const DEV_SECRET = 'forge-socket-demo-secret-do-not-use-in-production'
+
+const ROOM = /^[a-z0-9-]{1,32}$/
+const DEFAULT_ROOMS = ['lobby', 'general']
+/** Every notifications connection also joins this channel, so "notify everyone" is one broadcast on every node. */
+const EVERYONE = 'notifications-all'
+
+export interface DemoOptions {
+  secret?: string
+  logger?: FastifyServerOptions['logger']
+}
+
+/**
+ * The demo app: login, per-user notifications, chat rooms, and a page to try them. See README "Quick start".
+ */
+export async function buildDemo (options: DemoOptions = {}): Promise<FastifyInstance> {
+  const app = Fastify({ logger: options.logger ?? false }).withTypeProvider<TypeBoxTypeProvider>()
+  const secret = options.secret ?? process.env.JWT_SECRET ?? DEV_SECRET
+  if (secret === DEV_SECRET) {
+    app.log.warn('JWT_SECRET is not set: signing tokens with the PUBLIC DEMO SECRET. Never run this outside development.')
+  }
+
+  await app.register(forgeSocket, {
+    jwt: { secret },
+    auth: {
+      profile: (claims: TokenPayload) => {
+        if (typeof claims.sub !== 'string') throw badRequest('the token has no subject')
+        const rooms = Array.isArray(claims.rooms) ? claims.rooms.filter((r): r is string => typeof r === 'string') : []
+        return { id: claims.sub, rooms }
+      }
+    }
+  })
+  await app.register(fastifyStatic, { root: fileURLToPath(new URL('public', import.meta.url)) })
+
+  const Login = Type.Object({
+    name: Type.String({ pattern: '^[A-Za-z0-9_-]{1,32}$' }),
+    rooms: Type.Optional(Type.Array(Type.String({ pattern: ROOM.source }), { maxItems: 32 }))
+  }, { additionalProperties: false })
+  app.post('/api/login', { schema: { body: Login } }, async (request) => {
+    const { name, rooms = DEFAULT_ROOMS } = request.body
+    return { token: app.jwt.sign({ sub: name, rooms }, { expiresIn: '1h' }) }
+  })
+
+  // Notifications: each user in their own channel, and everyone in one more.
+  app.get('/ws/notifications', app.socket.act('notifications', (app, ps) =>
+    ps.upgradeWithMetadata(`user-${ps.profile?.id}`, { kind: 'notifications' })))
+  app.socket.onOpen(async (conn) => {
+    if (conn.metadata.kind === 'notifications') await app.socket.join(conn.id, EVERYONE)
+  })
+
+  const authenticated = { onRequest: async (request: { jwtVerify: () => Promise<unknown> }) => { await request.jwtVerify() } }
+
+  const Notify = Type.Object({
+    to: Type.Optional(Type.String({ pattern: '^[A-Za-z0-9_-]{1,32}$' })),
+    title: Type.String({ minLength: 1, maxLength: 200 }),
+    message: Type.String({ minLength: 1, maxLength: 2000 })
+  }, { additionalProperties: false })
+  app.post('/api/notify', { ...authenticated, schema: { body: Notify } }, async (request) => {
+    const { to, title, message } = request.body
+    const from = (request.user as { sub: string }).sub
+    const param = { from, title, message, at: new Date().toISOString() }
+    const delivered = app.socket.sendToChannel(to === undefined ? EVERYONE : `user-${to}`, { cmd: 'notification', param })
+    return { delivered }
+  })
+
+  const System = Type.Object({
+    message: Type.String({ minLength: 1, maxLength: 2000 }),
+    rooms: Type.Optional(Type.Array(Type.String({ pattern: ROOM.source }), { maxItems: 32 }))
+  }, { additionalProperties: false })
+  app.post('/api/system', { ...authenticated, schema: { body: System } }, async (request) => {
+    const { message, rooms = DEFAULT_ROOMS } = request.body
+    const channels = [EVERYONE, ...rooms.map((room) => `chat-room-${room}`)]
+    const delivered = app.socket.sendToChannel(channels, { cmd: 'system-update', param: { message, at: new Date().toISOString() } })
+    return { delivered, channels }
+  })
+
+  // Chat rooms: the room must be well formed (400) and in the token's `rooms` claim (403), before the upgrade.
+  app.get('/ws/chat/:room', app.socket.act('chat.room', (app, ps) => {
+    const room = ps.requestString('room', true)
+    if (!ROOM.test(room)) throw badRequest('a room is 1-32 characters of a-z, 0-9 and -')
+    if (ps.profile === null || !ps.profile.rooms.includes(room)) throw forbidden(`room "${room}"`)
+    return ps.upgradeWithMetadata(`chat-room-${room}`, { room, user: ps.profile.id })
+  }))
+
+  app.socket.command('chat-message', {
+    schema: Type.Object({ text: Type.String({ minLength: 1, maxLength: 2000 }) }),
+    handler: ({ text }, { channel, connection }) => {
+      if (!channel.startsWith('chat-room-')) throw forbidden('chat messages go to chat rooms')
+      app.socket.broadcast(channel, { cmd: 'chat-message', param: { from: connection.profileId, text, at: new Date().toISOString() } })
+    }
+  })
+
+  return app
+}
