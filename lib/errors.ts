@@ -32,11 +32,9 @@ export const errors = {
   FST_SOCKET_UNKNOWN_COMMAND: createError('FST_SOCKET_UNKNOWN_COMMAND', 'Unknown command "%s"', 404),
   FST_SOCKET_NOT_SUBSCRIBED: createError('FST_SOCKET_NOT_SUBSCRIBED', 'This connection is not a member of channel "%s"', 403),
   FST_SOCKET_LIMIT_EXCEEDED: createError('FST_SOCKET_LIMIT_EXCEEDED', 'Limit exceeded: %s', 429),
-  FST_SOCKET_RATE_LIMITED: createError('FST_SOCKET_RATE_LIMITED', 'Too many messages: slow down', 429),
   FST_SOCKET_HANDLER_FAILED: createError('FST_SOCKET_HANDLER_FAILED', 'The command handler failed', 500),
 
   // Server API misuse
-  FST_SOCKET_UNKNOWN_CONNECTION: createError('FST_SOCKET_UNKNOWN_CONNECTION', 'No connection with id "%s"', 404),
   FST_SOCKET_INVALID_MESSAGE: createError('FST_SOCKET_INVALID_MESSAGE', 'Invalid outbound message: %s', 500),
   FST_SOCKET_INVALID_CLOSE_CODE: createError('FST_SOCKET_INVALID_CLOSE_CODE', 'Close code %s cannot be sent: use 1000, 1001, 1003, 1007-1011, 1013 or 4000-4999', 500)
 } as const

@@ -81,7 +81,9 @@ export function resolveOptions (input: ForgeSocketOptions = {}): Readonly<Resolv
   // Functions and the broker instance are checked here, not cloned into the data the schema validates.
   const { authorizeChannel, broker = 'memory', auth = {}, ...rest } = input
   const { profile = defaultProfile, ...authData } = auth
-  const data = Value.Default(OptionsSchema, structuredClone({ ...rest, auth: authData })) as OptionsData
+  // Value.Clone, not structuredClone: a function or symbol under a wrong key must fail the schema check with its
+  // path, not throw a DataCloneError.
+  const data = Value.Default(OptionsSchema, Value.Clone({ ...rest, auth: authData })) as OptionsData
   if (!checker.Check(data)) {
     const first = [...checker.Errors(data)][0]
     throw new errors.FST_SOCKET_INVALID_OPTIONS(`${first?.instancePath || '/'} ${first?.message ?? 'is invalid'}`)
