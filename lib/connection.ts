@@ -6,6 +6,9 @@ import { CloseCode } from './errors.js'
 import { closeReason } from './protocol.js'
 import { encode } from './codec.js'
 
+/** ws send options, shared by every send so the hot path allocates nothing per recipient. */
+const TEXT_FRAME = Object.freeze({ binary: false })
+
 /** A connection's life: OPENING until it is registered and `onOpen` hooks ran, then OPEN, CLOSING, CLOSED. */
 export const ConnectionState = { OPENING: 0, OPEN: 1, CLOSING: 2, CLOSED: 3 } as const
 export type ConnectionStateValue = typeof ConnectionState[keyof typeof ConnectionState]
@@ -74,7 +77,7 @@ export class Connection {
       this.close(CloseCode.SLOW_CONSUMER, 'slow consumer: send buffer over its limit')
       return false
     }
-    this.#socket.send(data, { binary: false })
+    this.#socket.send(data, TEXT_FRAME)
     this.messagesOut++
     this.bytesOut += data.length
     return true

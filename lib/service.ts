@@ -410,6 +410,8 @@ export class SocketService {
       this.#sendError(conn, conn.home, undefined, err)
       return
     }
+    // `pong` is the whole answer to a ping: going through #settle would add a second one (a `reply` with the ref).
+    if (message.cmd === 'ping') return this.#reply(conn, { channel: message.channel, cmd: 'pong', param: null, ref: message.ref })
     void this.#settle(conn, message.channel, message.ref, () => this.#dispatch(conn, message))
   }
 
@@ -426,9 +428,6 @@ export class SocketService {
   async #dispatch (conn: Connection, message: InboundMessage): Promise<unknown> {
     const { channel, cmd, param, ref } = message
     switch (cmd) {
-      case 'ping':
-        this.#reply(conn, { channel, cmd: 'pong', param: null, ref })
-        return undefined
       case 'subscribe':
         assertChannel(channel)
         if (conn.channels.has(channel)) return { channel }
@@ -460,6 +459,8 @@ export class SocketService {
   }
 
   async #join (conn: Connection, channel: string): Promise<void> {
+    // A connection that closed while a hook was still joining it somewhere must not be left behind in a channel.
+    if (conn.state === ConnectionState.CLOSED) return
     const change = this.#channels.join(conn, channel)
     if (change === null) return
     if (change.firstOrLast) await this.#options.broker.subscribe(channel)
