@@ -1,7 +1,7 @@
 import type { IncomingMessage } from 'node:http'
 import type { FastifyInstance, FastifyRequest } from 'fastify'
 import type {} from '@fastify/jwt'
-import { errors } from './errors.js'
+import { errors, toClientError } from './errors.js'
 import { BEARER_PREFIX, SUBPROTOCOL } from './protocol.js'
 import type { Profile, ResolvedOptions, TokenPayload } from './options.js'
 
@@ -107,7 +107,15 @@ export async function authenticate (app: FastifyInstance, request: FastifyReques
   } catch (err) {
     throw translate(err)
   }
-  const profile = await options.profile(payload)
+  let profile: Profile
+  try {
+    profile = await options.profile(payload)
+  } catch (err) {
+    // A mapper refuses a token by throwing (401); its own coded 4xx errors, such as forbidden(), pass through.
+    if (toClientError(err).exposed) throw err
+    request.log.warn({ err }, 'the profile mapper refused the token')
+    throw new errors.FST_SOCKET_TOKEN_INVALID('the profile mapper refused the token')
+  }
   if (typeof profile !== 'object' || profile === null || typeof profile.id !== 'string' || profile.id.length === 0) {
     throw new errors.FST_SOCKET_TOKEN_INVALID('the profile mapper returned no id')
   }

@@ -32,14 +32,19 @@ export function isReserved (cmd: string): boolean {
 
 /** Close codes an application may send with `disconnect`: everything a peer may legally receive. */
 export function isSendableCloseCode (code: number): boolean {
+  if (!Number.isInteger(code)) return false
   return code === 1000 || code === 1001 || code === 1003 || (code >= 1007 && code <= 1011) || code === 1013 ||
-    (Number.isInteger(code) && code >= 4000 && code <= 4999)
+    (code >= 4000 && code <= 4999)
 }
 
 /** Close reasons must fit in a control frame (123 bytes of UTF-8); longer ones are cut on a character boundary. */
 export function closeReason (reason: string): string {
   if (Buffer.byteLength(reason) <= 123) return reason
-  let cut = reason.slice(0, 123)
-  while (Buffer.byteLength(cut) > 123) cut = cut.slice(0, -1)
+  // By code point, so a surrogate pair (an emoji) is never split into a lone half that would arrive as U+FFFD.
+  let cut = ''
+  for (const char of reason) {
+    if (Buffer.byteLength(cut) + Buffer.byteLength(char) > 123) break
+    cut += char
+  }
   return cut
 }

@@ -340,7 +340,10 @@ export class SocketService {
     const pending: Array<[RawData, boolean]> = []
     socket.on('message', (data, isBinary) => {
       conn.awaitingPong = false
-      if (conn.state !== ConnectionState.OPENING) return this.#inbound(conn, plan, data, isBinary)
+      if (conn.state === ConnectionState.OPEN) return this.#inbound(conn, plan, data, isBinary)
+      // Once a close has started, frames still in flight are dropped: none may jump ahead of `pending` (after a
+      // 1008 for too many frames) or run handlers for a connection the server is closing.
+      if (conn.state !== ConnectionState.OPENING) return
       if (pending.length >= MAX_PENDING_FRAMES) return conn.close(CloseCode.POLICY_VIOLATION, 'too many frames before open')
       pending.push([data, isBinary])
     })
@@ -349,7 +352,7 @@ export class SocketService {
     this.#connections.set(id, conn)
     this.#armExpiry(conn, plan.payload?.exp)
     conn.log.debug({ channel: plan.channel }, 'connection open')
-    conn.send({ channel: plan.channel, cmd: 'connected', param: { connectionId: id, channels: [plan.channel] } })
+    this.#reply(conn, { channel: plan.channel, cmd: 'connected', param: { connectionId: id, channels: [plan.channel] } })
     void this.#open(conn, plan, pending)
   }
 
@@ -385,11 +388,21 @@ export class SocketService {
     this.#expiries.delete(conn)
     conn.log.debug({ code }, 'connection closed')
     if (this.#connections.size === 0) this.#drained?.()
-    try {
-      for (const channel of [...conn.channels]) await this.#leave(conn, channel)
-      for (const hook of this.#closeHooks) await hook(conn, code)
-    } catch (err) {
-      conn.log.error({ err }, 'close hook failed')
+    // Each step fails alone: a broker error must not keep the connection in its other channels (a leak), and one
+    // application hook must not stop the others.
+    for (const channel of [...conn.channels]) {
+      try {
+        await this.#leave(conn, channel)
+      } catch (err) {
+        conn.log.error({ err, channel }, 'leaving a channel failed')
+      }
+    }
+    for (const hook of this.#closeHooks) {
+      try {
+        await hook(conn, code)
+      } catch (err) {
+        conn.log.error({ err }, 'close hook failed')
+      }
     }
   }
 
@@ -430,12 +443,11 @@ export class SocketService {
     switch (cmd) {
       case 'subscribe':
         assertChannel(channel)
-        if (conn.channels.has(channel)) return { channel }
-        if (conn.channels.size >= this.#options.maxChannelsPerConnection) {
-          throw new errors.FST_SOCKET_LIMIT_EXCEEDED(`at most ${this.#options.maxChannelsPerConnection} channels per connection`)
-        }
+        if (!this.#roomFor(conn, channel)) return { channel }
         if (await this.#options.authorizeChannel(conn.profile, channel) !== true) throw new errors.FST_SOCKET_FORBIDDEN(`subscribing to "${channel}"`)
-        await this.#join(conn, channel)
+        // Checked again: other subscribes of this connection may have taken the last slots while this one was
+        // being authorized, and the limit must hold however many are pipelined.
+        if (this.#roomFor(conn, channel)) await this.#join(conn, channel)
         return { channel }
       case 'unsubscribe':
         await this.#leave(conn, channel)
@@ -443,6 +455,15 @@ export class SocketService {
     }
     if (!conn.channels.has(channel)) throw new errors.FST_SOCKET_NOT_SUBSCRIBED(channel)
     return await this.#commands.run(cmd, param, { connection: conn, channel, ref, log: conn.log })
+  }
+
+  /** False when the connection is in the channel already; FST_SOCKET_LIMIT_EXCEEDED when it has no room for one more. */
+  #roomFor (conn: Connection, channel: string): boolean {
+    if (conn.channels.has(channel)) return false
+    if (conn.channels.size >= this.#options.maxChannelsPerConnection) {
+      throw new errors.FST_SOCKET_LIMIT_EXCEEDED(`at most ${this.#options.maxChannelsPerConnection} channels per connection`)
+    }
+    return true
   }
 
   /** Answers one connection (`ref` left undefined is dropped by the encoder). */
