@@ -3,12 +3,18 @@ import fastifyStatic from '@fastify/static'
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox'
 import Type from 'typebox'
 import { fileURLToPath } from 'node:url'
-import forgeSocket, { badRequest, forbidden, type TokenPayload } from '../plugin.js'
+import forgeSocket, { badRequest, errors, forbidden, type Profile, type TokenPayload } from '../plugin.js'
 
-declare module '../plugin.js' {
-  interface ForgeSocketProfile {
-    rooms: string[]
-  }
+/**
+ * The demo's profile. An application would merge `rooms` into `ForgeSocketProfile` (docs/server.md); the demo is
+ * compiled together with the library's tests, so it keeps its type to itself.
+ */
+interface DemoProfile extends Profile {
+  rooms: string[]
+}
+
+function roomsOf (profile: Profile | null): string[] {
+  return (profile as DemoProfile | null)?.rooms ?? []
 }
 
 /** The secret used when JWT_SECRET is not set. Anyone can read it here: never use it outside a demo. */
@@ -37,8 +43,8 @@ export async function buildDemo (options: DemoOptions = {}): Promise<FastifyInst
   await app.register(forgeSocket, {
     jwt: { secret },
     auth: {
-      profile: (claims: TokenPayload) => {
-        if (typeof claims.sub !== 'string') throw badRequest('the token has no subject')
+      profile: (claims: TokenPayload): DemoProfile => {
+        if (typeof claims.sub !== 'string') throw new errors.FST_SOCKET_TOKEN_INVALID('the token has no subject')
         const rooms = Array.isArray(claims.rooms) ? claims.rooms.filter((r): r is string => typeof r === 'string') : []
         return { id: claims.sub, rooms }
       }
@@ -92,8 +98,8 @@ export async function buildDemo (options: DemoOptions = {}): Promise<FastifyInst
   app.get('/ws/chat/:room', app.socket.act('chat.room', (app, ps) => {
     const room = ps.requestString('room', true)
     if (!ROOM.test(room)) throw badRequest('a room is 1-32 characters of a-z, 0-9 and -')
-    if (ps.profile === null || !ps.profile.rooms.includes(room)) throw forbidden(`room "${room}"`)
-    return ps.upgradeWithMetadata(`chat-room-${room}`, { room, user: ps.profile.id })
+    if (!roomsOf(ps.profile).includes(room)) throw forbidden(`room "${room}"`)
+    return ps.upgradeWithMetadata(`chat-room-${room}`, { room, user: ps.profile?.id })
   }))
 
   app.socket.command('chat-message', {

@@ -1,6 +1,7 @@
 import { Compile } from 'typebox/compile'
 import { InboundEnvelope, type InboundMessage, type OutboundMessage } from '../schemas/envelope.js'
 import { CHANNEL_PATTERN } from '../schemas/options.js'
+import type { FastifyError } from '@fastify/error'
 import { errors } from './errors.js'
 
 const envelope = Compile(InboundEnvelope)
@@ -28,16 +29,32 @@ export function decode (text: string, maxDepth: number): InboundMessage {
   if (typeof value !== 'object' || value === null || Array.isArray(value)) {
     throw new errors.FST_SOCKET_BAD_REQUEST('a message must be a JSON object')
   }
-  checkStructure(value, maxDepth)
+  try {
+    checkStructure(value, maxDepth)
+  } catch (err) {
+    throw withRef(err as FastifyError, value)
+  }
   if (!envelope.Check(value)) {
     const first = [...envelope.Errors(value)][0]
-    throw new errors.FST_SOCKET_BAD_REQUEST(`${first?.instancePath || 'message'} ${first?.message ?? 'has the wrong shape'}`)
+    throw withRef(new errors.FST_SOCKET_BAD_REQUEST(`${first?.instancePath || 'message'} ${first?.message ?? 'has the wrong shape'}`), value)
   }
   return value
 }
 
+/** A decoding error that knows the `ref` of the message it refuses, when that much of the message was sound. */
+export interface DecodeError extends FastifyError {
+  ref?: string
+}
+
+/** Keeps a well-formed `ref` on the error, so a client waiting for that answer gets it even for a bad message. */
+function withRef (err: DecodeError, value: object): DecodeError {
+  const ref = (value as { ref?: unknown }).ref
+  if (typeof ref === 'string' && ref.length > 0 && ref.length <= 64) err.ref = ref
+  return err
+}
+
 function checkStructure (root: object, maxDepth: number): void {
-  // The envelope itself is depth 1, so `param` may nest maxDepth levels below it.
+  // The envelope is depth 0, so `param` is level 1 and may nest maxDepth levels in all.
   const stack: Array<[unknown, number]> = [[root, 0]]
   while (stack.length > 0) {
     const [value, depth] = stack.pop() as [unknown, number]

@@ -89,7 +89,7 @@ export function resolveOptions (input: ForgeSocketOptions = {}): Readonly<Resolv
     throw new errors.FST_SOCKET_INVALID_OPTIONS(`${first?.instancePath || '/'} ${first?.message ?? 'is invalid'}`)
   }
   if (data.heartbeat.timeout >= data.heartbeat.interval) {
-    throw new errors.FST_SOCKET_INVALID_OPTIONS('/heartbeat/timeout must be shorter than /heartbeat/interval')
+    throw new errors.FST_SOCKET_INVALID_OPTIONS(`/heartbeat/timeout (${data.heartbeat.timeout}) must be shorter than /heartbeat/interval (${data.heartbeat.interval})`)
   }
   if (typeof profile !== 'function') throw new errors.FST_SOCKET_INVALID_OPTIONS('/auth/profile must be a function')
   if (authorizeChannel !== undefined && typeof authorizeChannel !== 'function') {

@@ -4,7 +4,7 @@ import type { TSchema } from 'typebox'
 import type { RawData, WebSocket } from 'ws'
 import type {} from '@fastify/websocket'
 import { CloseCode, errors, toClientError } from './errors.js'
-import { assertChannel, decode, encode } from './codec.js'
+import { assertChannel, decode, encode, type DecodeError } from './codec.js'
 import { isSendableCloseCode } from './protocol.js'
 import { ChannelRegistry, type MembershipChange } from './channels.js'
 import { CommandRegistry, type CommandDefinition } from './commands.js'
@@ -174,8 +174,7 @@ export class SocketService {
       this.#publish({ type: 'connection', origin: this.nodeId, connectionId, message: { channel: message.channel, cmd: message.cmd, param: message.param ?? null } })
       return false
     }
-    this.#messagesOut++
-    return conn.send({ channel: message.channel ?? conn.home, cmd: message.cmd, param: message.param ?? null })
+    return this.#reply(conn, { channel: message.channel ?? conn.home, cmd: message.cmd, param: message.param ?? null })
   }
 
   /**
@@ -420,11 +419,14 @@ export class SocketService {
     try {
       message = decode(bytes.toString('utf8'), this.#options.maxDepth)
     } catch (err) {
-      this.#sendError(conn, conn.home, undefined, err)
+      this.#sendError(conn, conn.home, (err as DecodeError).ref, err)
       return
     }
     // `pong` is the whole answer to a ping: going through #settle would add a second one (a `reply` with the ref).
-    if (message.cmd === 'ping') return this.#reply(conn, { channel: message.channel, cmd: 'pong', param: null, ref: message.ref })
+    if (message.cmd === 'ping') {
+      this.#reply(conn, { channel: message.channel, cmd: 'pong', param: null, ref: message.ref })
+      return
+    }
     void this.#settle(conn, message.channel, message.ref, () => this.#dispatch(conn, message))
   }
 
@@ -467,9 +469,10 @@ export class SocketService {
   }
 
   /** Answers one connection (`ref` left undefined is dropped by the encoder). */
-  #reply (conn: Connection, message: OutboundMessage): void {
-    this.#messagesOut++
-    conn.send(message)
+  #reply (conn: Connection, message: OutboundMessage): boolean {
+    const sent = conn.send(message)
+    if (sent) this.#messagesOut++
+    return sent
   }
 
   #sendError (conn: Connection, channel: string, ref: string | undefined, err: unknown): void {
@@ -484,7 +487,15 @@ export class SocketService {
     if (conn.state === ConnectionState.CLOSED) return
     const change = this.#channels.join(conn, channel)
     if (change === null) return
-    if (change.firstOrLast) await this.#options.broker.subscribe(channel)
+    if (change.firstOrLast) {
+      try {
+        await this.#options.broker.subscribe(channel)
+      } catch (err) {
+        // Without the subscription the member would miss other nodes' messages: undo the join and say so.
+        this.#channels.leave(conn, channel)
+        throw err
+      }
+    }
     this.#presence(conn, change, 'user-joined')
   }
 
@@ -534,7 +545,7 @@ export class SocketService {
         return
       case 'connection': {
         const conn = this.#connections.get(message.connectionId)
-        if (conn !== undefined) conn.send({ ...message.message, channel: message.message.channel ?? conn.home })
+        if (conn !== undefined) this.#reply(conn, { ...message.message, channel: message.message.channel ?? conn.home })
         return
       }
       case 'join':

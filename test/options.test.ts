@@ -111,7 +111,7 @@ t.test('invalid options are refused at register with FST_SOCKET_INVALID_OPTIONS 
     ['negative maxPayload', { jwt, maxPayload: -1 }, /\/maxPayload must be >= 128/],
     ['fractional maxPayload', { jwt, maxPayload: 1000.5 }, /\/maxPayload must be integer/],
     ['maxPayload as a function', { jwt, maxPayload: () => 1 }, /\/maxPayload/],
-    ['heartbeat.timeout equal to interval', { jwt, heartbeat: { interval: 100, timeout: 100 } }, /\/heartbeat\/timeout must be shorter than \/heartbeat\/interval/],
+    ['heartbeat.timeout equal to interval', { jwt, heartbeat: { interval: 100, timeout: 100 } }, /\/heartbeat\/timeout \(100\) must be shorter than \/heartbeat\/interval \(100\)/],
     ['heartbeat.timeout over interval', { jwt, heartbeat: { interval: 100, timeout: 200 } }, /\/heartbeat\/timeout/],
     ['heartbeat.interval too short', { jwt, heartbeat: { interval: 1, timeout: 1 } }, /\/heartbeat\/interval/],
     ['no algorithm', { jwt, auth: { algorithms: [] } }, /\/auth\/algorithms/],

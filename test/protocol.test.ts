@@ -107,6 +107,15 @@ t.test('malformed frames get FST_SOCKET_BAD_REQUEST and the connection stays ope
   }
 })
 
+t.test('a bad message with a well-formed ref gets its error with that ref', async (t) => {
+  const { client } = await start(t)
+  client.send({ channel: HOME, param: 1, ref: 'r1' })
+  t.strictSame(await client.next('error'), error('FST_SOCKET_BAD_REQUEST', 'Bad request: message must have required properties cmd', 'r1'))
+  client.send({ channel: HOME, cmd: 'x', param: { constructor: 1 }, ref: 'r2' })
+  t.strictSame(await client.next('error'), error('FST_SOCKET_BAD_REQUEST', 'Bad request: the key "constructor" is not allowed', 'r2'))
+  await alive(t, client)
+})
+
 t.test('limits of the envelope fields are inclusive', async (t) => {
   const seen: CommandContext[] = []
   const { client } = await start(t, {}, (app) => {
@@ -130,7 +139,7 @@ t.test('param nesting deeper than maxDepth (default 32) is refused', async (t) =
     const ok = nested(32)
     t.strictSame(await client.request(HOME, 'echo', ok, `ok-${name}`), { channel: HOME, cmd: 'reply', param: ok, ref: `ok-${name}` }, `32 levels of ${name} pass`)
     client.send({ channel: HOME, cmd: 'echo', param: nested(33), ref: `deep-${name}` })
-    t.strictSame(await client.next('error'), error('FST_SOCKET_BAD_REQUEST', 'Bad request: nesting deeper than 32 levels'), `33 levels of ${name} are refused`)
+    t.strictSame(await client.next('error'), error('FST_SOCKET_BAD_REQUEST', 'Bad request: nesting deeper than 32 levels', `deep-${name}`), `33 levels of ${name} are refused, with the ref`)
     await alive(t, client)
   }
   t.equal(handled.length, 2, 'the handler only saw the messages within the limit')
@@ -142,7 +151,7 @@ t.test('a custom maxDepth is enforced', async (t) => {
   })
   t.strictSame(await client.request(HOME, 'echo', { a: [{ b: 1 }] }, 'ok'), { channel: HOME, cmd: 'reply', param: { a: [{ b: 1 }] }, ref: 'ok' })
   client.send({ channel: HOME, cmd: 'echo', param: { a: [{ b: [] }] }, ref: 'deep' })
-  t.strictSame(await client.next('error'), error('FST_SOCKET_BAD_REQUEST', 'Bad request: nesting deeper than 3 levels'))
+  t.strictSame(await client.next('error'), error('FST_SOCKET_BAD_REQUEST', 'Bad request: nesting deeper than 3 levels', 'deep'))
   await alive(t, client)
 })
 
