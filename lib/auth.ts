@@ -79,6 +79,16 @@ export function extractToken (request: FastifyRequest, options: ResolvedOptions[
   return undefined
 }
 
+/**
+ * The Origin allow-list (exact match). Browsers always send `Origin`; a request without one is not from a browser
+ * and passes, since any other client could send whatever Origin it liked anyway.
+ */
+export function checkOrigin (request: FastifyRequest, allowed: readonly string[] | undefined): void {
+  const origin = request.headers.origin
+  if (allowed === undefined || origin === undefined) return
+  if (!allowed.includes(origin)) throw new errors.FST_SOCKET_ORIGIN_FORBIDDEN(origin)
+}
+
 /** fast-jwt error codes → ours. Every library error is translated here and nowhere else. */
 function translate (err: unknown): Error {
   const code = (err as { code?: unknown }).code

@@ -3,18 +3,19 @@ import type { FastifyBaseLogger, FastifyInstance, FastifyRequest } from 'fastify
 import type { TSchema } from 'typebox'
 import type { RawData, WebSocket } from 'ws'
 import type {} from '@fastify/websocket'
-import { CloseCode, errors, toClientError } from './errors.js'
-import { assertChannel, decode, encode, type DecodeError } from './codec.js'
+import { CloseCode, errors } from './errors.js'
+import { assertChannel, encode } from './codec.js'
 import { isSendableCloseCode } from './protocol.js'
 import { ChannelRegistry, type MembershipChange } from './channels.js'
 import { CommandRegistry, type CommandDefinition } from './commands.js'
 import { Connection, ConnectionState, type ConnectionInfo, type Metadata } from './connection.js'
 import { Heartbeat } from './heartbeat.js'
+import { Inbound } from './inbound.js'
 import { PageState, currentPageState, runAct, type ActHandler, type ActOptions, type ActRouteOptions, type UpgradePlan, type UpgradeTicket } from './act.js'
-import { authenticate } from './auth.js'
+import { authenticate, checkOrigin } from './auth.js'
 import type { BrokerMessage } from './broker/broker.js'
 import type { Profile, ResolvedOptions } from './options.js'
-import type { InboundMessage, OutboundMessage, ServerMessageData } from '../schemas/envelope.js'
+import type { OutboundMessage, ServerMessageData } from '../schemas/envelope.js'
 
 const kPlan = Symbol('forge-socket.plan')
 type RequestWithPlan = FastifyRequest & { [kPlan]?: UpgradePlan }
@@ -58,19 +59,24 @@ export class SocketService {
   readonly #connections = new Map<string, Connection>()
   readonly #channels = new ChannelRegistry()
   readonly #commands = new CommandRegistry()
+  readonly #inbound: Inbound
   readonly #heartbeat: Heartbeat
   readonly #openHooks: OpenHook[] = []
   readonly #closeHooks: CloseHook[] = []
   readonly #expiries = new Map<Connection, NodeJS.Timeout>()
   #closing = false
   #drained: (() => void) | null = null
-  #messagesIn = 0
   #messagesOut = 0
 
   constructor (app: FastifyInstance, options: Readonly<ResolvedOptions>) {
     this.#app = app
     this.#options = options
     this.#heartbeat = new Heartbeat(() => this.#connections.values(), options.heartbeat.interval, options.heartbeat.timeout)
+    this.#inbound = new Inbound(options, this.#commands, {
+      join: (conn, channel) => this.#join(conn, channel),
+      leave: (conn, channel) => this.#leave(conn, channel),
+      reply: (conn, message) => this.#reply(conn, message)
+    })
   }
 
   /** Starts the broker and the heartbeat. Called once by the plugin. */
@@ -98,7 +104,7 @@ export class SocketService {
       async preValidation (request) {
         if (!request.ws) throw new errors.FST_SOCKET_UPGRADE_REQUIRED()
         if (service.#closing) throw new errors.FST_SOCKET_SHUTTING_DOWN()
-        service.#checkOrigin(request)
+        checkOrigin(request, service.#options.origins)
         const { profile, payload } = await authenticate(this, request, service.#options.auth, required)
         const ps = new PageState(name, request, profile, payload, options.onBinary)
         await runAct(ps, () => handler(this, ps))
@@ -263,7 +269,7 @@ export class SocketService {
       closing: this.#closing,
       connections: this.#connections.size,
       channels: this.#channels.size,
-      messagesIn: this.#messagesIn,
+      messagesIn: this.#inbound.messages,
       messagesOut: this.#messagesOut
     }
   }
@@ -316,13 +322,6 @@ export class SocketService {
     await this.#options.broker.close()
   }
 
-  #checkOrigin (request: FastifyRequest): void {
-    const allowed = this.#options.origins
-    const origin = request.headers.origin
-    if (allowed === undefined || origin === undefined) return
-    if (!allowed.includes(origin)) throw new errors.FST_SOCKET_ORIGIN_FORBIDDEN(origin)
-  }
-
   #accept (socket: WebSocket, plan: UpgradePlan): void {
     const id = randomUUID()
     const conn = new Connection({
@@ -339,7 +338,7 @@ export class SocketService {
     const pending: Array<[RawData, boolean]> = []
     socket.on('message', (data, isBinary) => {
       conn.awaitingPong = false
-      if (conn.state === ConnectionState.OPEN) return this.#inbound(conn, plan, data, isBinary)
+      if (conn.state === ConnectionState.OPEN) return this.#inbound.handle(conn, plan, data, isBinary)
       // Once a close has started, frames still in flight are dropped: none may jump ahead of `pending` (after a
       // 1008 for too many frames) or run handlers for a connection the server is closing.
       if (conn.state !== ConnectionState.OPENING) return
@@ -366,7 +365,7 @@ export class SocketService {
     }
     if (conn.state !== ConnectionState.OPENING) return
     conn.state = ConnectionState.OPEN
-    for (const [data, isBinary] of pending.splice(0)) this.#inbound(conn, plan, data, isBinary)
+    for (const [data, isBinary] of pending.splice(0)) this.#inbound.handle(conn, plan, data, isBinary)
   }
 
   #armExpiry (conn: Connection, exp: unknown): void {
@@ -405,81 +404,11 @@ export class SocketService {
     }
   }
 
-  #inbound (conn: Connection, plan: UpgradePlan, data: RawData, isBinary: boolean): void {
-    const bytes = data as Buffer
-    conn.messagesIn++
-    conn.bytesIn += bytes.length
-    this.#messagesIn++
-    if (isBinary) {
-      if (plan.onBinary === undefined) return conn.close(CloseCode.UNSUPPORTED_DATA, 'binary frames are not accepted')
-      void this.#settle(conn, conn.home, undefined, () => plan.onBinary?.(bytes, conn.id))
-      return
-    }
-    let message: InboundMessage
-    try {
-      message = decode(bytes.toString('utf8'), this.#options.maxDepth)
-    } catch (err) {
-      this.#sendError(conn, conn.home, (err as DecodeError).ref, err)
-      return
-    }
-    // `pong` is the whole answer to a ping: going through #settle would add a second one (a `reply` with the ref).
-    if (message.cmd === 'ping') {
-      this.#reply(conn, { channel: message.channel, cmd: 'pong', param: null, ref: message.ref })
-      return
-    }
-    void this.#settle(conn, message.channel, message.ref, () => this.#dispatch(conn, message))
-  }
-
-  /** Runs one handler: its value becomes the `reply` (when `ref` was set), its error an `error` message. */
-  async #settle (conn: Connection, channel: string, ref: string | undefined, run: () => unknown): Promise<void> {
-    try {
-      const result = await run()
-      if (ref !== undefined) this.#reply(conn, { channel, cmd: 'reply', param: result ?? null, ref })
-    } catch (err) {
-      this.#sendError(conn, channel, ref, err)
-    }
-  }
-
-  async #dispatch (conn: Connection, message: InboundMessage): Promise<unknown> {
-    const { channel, cmd, param, ref } = message
-    switch (cmd) {
-      case 'subscribe':
-        assertChannel(channel)
-        if (!this.#roomFor(conn, channel)) return { channel }
-        if (await this.#options.authorizeChannel(conn.profile, channel) !== true) throw new errors.FST_SOCKET_FORBIDDEN(`subscribing to "${channel}"`)
-        // Checked again: other subscribes of this connection may have taken the last slots while this one was
-        // being authorized, and the limit must hold however many are pipelined.
-        if (this.#roomFor(conn, channel)) await this.#join(conn, channel)
-        return { channel }
-      case 'unsubscribe':
-        await this.#leave(conn, channel)
-        return { channel }
-    }
-    if (!conn.channels.has(channel)) throw new errors.FST_SOCKET_NOT_SUBSCRIBED(channel)
-    return await this.#commands.run(cmd, param, { connection: conn, channel, ref, log: conn.log })
-  }
-
-  /** False when the connection is in the channel already; FST_SOCKET_LIMIT_EXCEEDED when it has no room for one more. */
-  #roomFor (conn: Connection, channel: string): boolean {
-    if (conn.channels.has(channel)) return false
-    if (conn.channels.size >= this.#options.maxChannelsPerConnection) {
-      throw new errors.FST_SOCKET_LIMIT_EXCEEDED(`at most ${this.#options.maxChannelsPerConnection} channels per connection`)
-    }
-    return true
-  }
-
   /** Answers one connection (`ref` left undefined is dropped by the encoder). */
   #reply (conn: Connection, message: OutboundMessage): boolean {
     const sent = conn.send(message)
     if (sent) this.#messagesOut++
     return sent
-  }
-
-  #sendError (conn: Connection, channel: string, ref: string | undefined, err: unknown): void {
-    const { exposed, ...param } = toClientError(err)
-    if (exposed) conn.log.debug({ code: param.code }, 'message refused')
-    else conn.log.error({ err }, 'command handler failed')
-    this.#reply(conn, { channel, cmd: 'error', param, ref })
   }
 
   async #join (conn: Connection, channel: string): Promise<void> {

@@ -1,0 +1,106 @@
+import type { RawData } from 'ws'
+import { CloseCode, errors, toClientError } from './errors.js'
+import { assertChannel, decode, type DecodeError } from './codec.js'
+import type { CommandRegistry } from './commands.js'
+import type { Connection } from './connection.js'
+import type { UpgradePlan } from './act.js'
+import type { ResolvedOptions } from './options.js'
+import type { InboundMessage, OutboundMessage } from '../schemas/envelope.js'
+
+/** What the inbound path needs from the service: membership changes and the counted send. */
+export interface InboundHost {
+  join (conn: Connection, channel: string): Promise<void>
+  leave (conn: Connection, channel: string): Promise<void>
+  /** Sends one message to one connection and counts it; false when the connection can't take it. */
+  reply (conn: Connection, message: OutboundMessage): boolean
+}
+
+/**
+ * Everything that happens to a frame a client sent: decode, the reserved commands, the membership check, the
+ * application's command, and the `reply` or `error` that answers it. Nothing here throws to the socket: every
+ * failure becomes a coded `error` message (or a close code), and the connection stays open where it can.
+ */
+export class Inbound {
+  /** Frames handled since start, for `status()`. */
+  messages = 0
+  readonly #options: Readonly<ResolvedOptions>
+  readonly #commands: CommandRegistry
+  readonly #host: InboundHost
+
+  constructor (options: Readonly<ResolvedOptions>, commands: CommandRegistry, host: InboundHost) {
+    this.#options = options
+    this.#commands = commands
+    this.#host = host
+  }
+
+  /** Handles one frame of an open connection. */
+  handle (conn: Connection, plan: UpgradePlan, data: RawData, isBinary: boolean): void {
+    const bytes = data as Buffer
+    conn.messagesIn++
+    conn.bytesIn += bytes.length
+    this.messages++
+    if (isBinary) {
+      if (plan.onBinary === undefined) return conn.close(CloseCode.UNSUPPORTED_DATA, 'binary frames are not accepted')
+      void this.#settle(conn, conn.home, undefined, () => plan.onBinary?.(bytes, conn.id))
+      return
+    }
+    let message: InboundMessage
+    try {
+      message = decode(bytes.toString('utf8'), this.#options.maxDepth)
+    } catch (err) {
+      this.#sendError(conn, conn.home, (err as DecodeError).ref, err)
+      return
+    }
+    // `pong` is the whole answer to a ping: going through #settle would add a second one (a `reply` with the ref).
+    if (message.cmd === 'ping') {
+      this.#host.reply(conn, { channel: message.channel, cmd: 'pong', param: null, ref: message.ref })
+      return
+    }
+    void this.#settle(conn, message.channel, message.ref, () => this.#dispatch(conn, message))
+  }
+
+  /** Runs one handler: its value becomes the `reply` (when `ref` was set), its error an `error` message. */
+  async #settle (conn: Connection, channel: string, ref: string | undefined, run: () => unknown): Promise<void> {
+    try {
+      const result = await run()
+      if (ref !== undefined) this.#host.reply(conn, { channel, cmd: 'reply', param: result ?? null, ref })
+    } catch (err) {
+      this.#sendError(conn, channel, ref, err)
+    }
+  }
+
+  async #dispatch (conn: Connection, message: InboundMessage): Promise<unknown> {
+    const { channel, cmd, param, ref } = message
+    switch (cmd) {
+      case 'subscribe':
+        assertChannel(channel)
+        if (!this.#roomFor(conn, channel)) return { channel }
+        if (await this.#options.authorizeChannel(conn.profile, channel) !== true) throw new errors.FST_SOCKET_FORBIDDEN(`subscribing to "${channel}"`)
+        // Checked again: other subscribes of this connection may have taken the last slots while this one was
+        // being authorized, and the limit must hold however many are pipelined.
+        if (this.#roomFor(conn, channel)) await this.#host.join(conn, channel)
+        return { channel }
+      case 'unsubscribe':
+        await this.#host.leave(conn, channel)
+        return { channel }
+    }
+    if (!conn.channels.has(channel)) throw new errors.FST_SOCKET_NOT_SUBSCRIBED(channel)
+    return await this.#commands.run(cmd, param, { connection: conn, channel, ref, log: conn.log })
+  }
+
+  /** False when the connection is in the channel already; FST_SOCKET_LIMIT_EXCEEDED when it has no room for one more. */
+  #roomFor (conn: Connection, channel: string): boolean {
+    if (conn.channels.has(channel)) return false
+    if (conn.channels.size >= this.#options.maxChannelsPerConnection) {
+      throw new errors.FST_SOCKET_LIMIT_EXCEEDED(`at most ${this.#options.maxChannelsPerConnection} channels per connection`)
+    }
+    return true
+  }
+
+  #sendError (conn: Connection, channel: string, ref: string | undefined, err: unknown): void {
+    const { exposed, ...param } = toClientError(err)
+    if (exposed) conn.log.debug({ code: param.code }, 'message refused')
+    else conn.log.error({ err }, 'command handler failed')
+    this.#host.reply(conn, { channel, cmd: 'error', param, ref })
+  }
+}
