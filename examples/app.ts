@@ -20,6 +20,9 @@ function roomsOf (profile: Profile | null): string[] {
 /** The secret used when JWT_SECRET is not set. Anyone can read it here: never use it outside a demo. */
 export const DEV_SECRET = 'forge-socket-demo-secret-do-not-use-in-production'
 
+/** The compiled client: beside this file's folder once built (dist/examples → dist/lib/client), under dist/ from source. */
+const CLIENT_DIR = fileURLToPath(new URL(import.meta.url.includes('/dist/examples/') ? '../lib/client/' : '../dist/lib/client/', import.meta.url))
+
 const ROOM = /^[a-z0-9-]{1,32}$/
 const DEFAULT_ROOMS = ['lobby', 'general']
 /** Every notifications connection also joins this channel, so "notify everyone" is one broadcast on every node. */
@@ -51,6 +54,8 @@ export async function buildDemo (options: DemoOptions = {}): Promise<FastifyInst
     }
   })
   await app.register(fastifyStatic, { root: fileURLToPath(new URL('public', import.meta.url)) })
+  // The page imports the compiled client (`npm run build`) as ES modules from /client/.
+  await app.register(fastifyStatic, { root: CLIENT_DIR, prefix: '/client/', decorateReply: false })
 
   const Login = Type.Object({
     name: Type.String({ pattern: '^[A-Za-z0-9_-]{1,32}$' }),

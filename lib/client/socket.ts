@@ -1,0 +1,450 @@
+import { DEFAULT_BACKOFF, backoffDelay, type BackoffOptions } from './backoff.js'
+import { closeAction } from './close-policy.js'
+import { DEFAULT_QUEUE, OutboundQueue, type DropReason, type Queued, type QueueOptions } from './queue.js'
+import {
+  SocketError,
+  type ClientParam,
+  type Message,
+  type ServerParam,
+  type SocketState,
+  type WebSocketConstructor,
+  type WebSocketLike
+} from './types.js'
+
+/** The subprotocol the server selects; the token rides beside it as `bearer.<jwt>`. */
+const SUBPROTOCOL = 'forge.v1'
+const OPEN = 1
+
+export type TokenProvider = () => string | Promise<string>
+
+/** Everything `new Socket({...})` takes; only `url` is required. Defaults in docs/client.md. */
+export interface SocketOptions {
+  /** A full `ws(s)://` (or `http(s)://`) URL, or a path on the page's host (`/ws/chat/lobby`). */
+  url: string
+  /** The JWT, or a function that returns one (called before every connection attempt). */
+  token?: string | TokenProvider
+  /** Where the token goes: the `bearer.<jwt>` subprotocol (default) or `?token=` (only if the server allows it). */
+  tokenIn?: 'protocol' | 'query'
+  /** One concise line per event (never a param or a token). Default false. */
+  debug?: boolean
+  /** Where debug lines go. Default `console.debug`. */
+  logger?: (line: string) => void
+  /**
+   * The WebSocket class: the browser's by default; in Node 20 pass `ws`'s. Typed loosely on purpose: `ws` and the
+   * DOM declare their constructors differently, and the client uses only what both have (`WebSocketLike`).
+   */
+  WebSocket?: new (...args: never[]) => unknown
+  /** Reconnection backoff, and how long a connection must stay up before the backoff starts again from the bottom; `false` never reconnects. */
+  reconnect?: (Partial<BackoffOptions> & { resetAfter?: number }) | false
+  /** Bounds of the queue for messages sent while not open. */
+  queue?: Partial<QueueOptions>
+  /** Client-side liveness: ping after `interval` ms of silence, give up after `interval + timeout`; `false` turns it off. */
+  heartbeat?: { interval?: number, timeout?: number } | false
+  /** Default timeout of `request()`, in ms. Default 10000. */
+  requestTimeout?: number
+  onOpen?: () => void
+  onMessage?: (message: Message) => void
+  onError?: (error: SocketError) => void
+  onStateChange?: (state: SocketState, previous: SocketState) => void
+}
+
+interface Pending {
+  resolve: (value: unknown) => void
+  reject: (error: SocketError) => void
+  timer: ReturnType<typeof setTimeout>
+}
+
+type Listener = (message: Message) => void
+
+interface BrowserWindow {
+  location?: { protocol: string, host: string }
+  addEventListener?: (type: string, listener: () => void) => void
+  removeEventListener?: (type: string, listener: () => void) => void
+}
+
+const browser = globalThis as unknown as BrowserWindow & { WebSocket?: WebSocketConstructor }
+
+/** Turns a path or an http(s) URL into the ws(s) URL to open. */
+export function resolveUrl (url: string, location = browser.location): string {
+  if (/^wss?:\/\//i.test(url)) return url
+  if (/^https?:\/\//i.test(url)) return url.replace(/^http/i, 'ws')
+  if (location === undefined) throw new SocketError('FST_SOCKET_BAD_URL', `"${url}" is a path, and there is no page to resolve it against: pass a ws:// URL`)
+  const scheme = location.protocol === 'https:' ? 'wss' : 'ws'
+  return `${scheme}://${location.host}${url.startsWith('/') ? '' : '/'}${url}`
+}
+
+/**
+ * A forge-socket connection that reconnects with backoff, queues what is sent while it is down, refreshes its
+ * token, and watches the server's liveness.
+ *
+ * @example
+ * const socket = new Socket({ url: '/ws/chat/lobby', token: () => auth.token() })
+ * socket.on('chat-message', (m) => show(m.param))
+ * socket.send('chat-room-lobby', 'chat-message', { text: 'hi' })
+ *
+ * @example
+ * // The seed's form:
+ * const socket = new Socket(true, onOpen, onMessage, onError, '/ws/notifications')
+ */
+export class Socket {
+  readonly #url: string
+  readonly #token: string | TokenProvider | undefined
+  readonly #tokenIn: 'protocol' | 'query'
+  readonly #WebSocket: WebSocketConstructor
+  readonly #backoff: BackoffOptions | null
+  readonly #resetAfter: number
+  readonly #heartbeat: { interval: number, timeout: number } | null
+  readonly #requestTimeout: number
+  readonly #debug: boolean
+  readonly #logger: (line: string) => void
+  readonly #queue: OutboundQueue
+  readonly #listeners = new Map<string, Set<Listener>>()
+  readonly #stateListeners = new Set<(state: SocketState, previous: SocketState) => void>()
+  readonly #pending = new Map<string, Pending>()
+  readonly #onOpen: (() => void) | undefined
+  readonly #onMessage: ((message: Message) => void) | undefined
+  readonly #onError: ((error: SocketError) => void) | undefined
+  #state: SocketState = 'connecting'
+  #ws: WebSocketLike | null = null
+  #connectionId: string | null = null
+  #home = ''
+  #attempt = 0
+  #refs = 0
+  #tokenRefreshed = false
+  #lastTraffic = 0
+  #retryTimer: ReturnType<typeof setTimeout> | undefined
+  #stableTimer: ReturnType<typeof setTimeout> | undefined
+  #heartbeatTimer: ReturnType<typeof setInterval> | undefined
+
+  constructor (options: SocketOptions)
+  constructor (debug: boolean, onOpen?: () => void, onMessage?: (message: Message) => void, onError?: (error: SocketError) => void, url?: string)
+  constructor (first: SocketOptions | boolean, onOpen?: () => void, onMessage?: (message: Message) => void, onError?: (error: SocketError) => void, url = '/ws') {
+    const options: SocketOptions = typeof first === 'object' ? first : { url, debug: first, onOpen, onMessage, onError }
+    this.#url = resolveUrl(options.url)
+    this.#token = options.token
+    this.#tokenIn = options.tokenIn ?? 'protocol'
+    const WebSocketClass = (options.WebSocket as WebSocketConstructor | undefined) ?? browser.WebSocket
+    if (WebSocketClass === undefined) throw new SocketError('FST_SOCKET_NO_WEBSOCKET', 'No WebSocket class here: pass options.WebSocket (in Node 20, the one from "ws")')
+    this.#WebSocket = WebSocketClass
+    this.#backoff = options.reconnect === false ? null : { ...DEFAULT_BACKOFF, ...options.reconnect }
+    this.#resetAfter = (options.reconnect === false ? undefined : options.reconnect?.resetAfter) ?? 5000
+    this.#heartbeat = options.heartbeat === false ? null : { interval: 25_000, timeout: 10_000, ...options.heartbeat }
+    this.#requestTimeout = options.requestTimeout ?? 10_000
+    this.#debug = options.debug ?? false
+    this.#logger = options.logger ?? ((line) => console.debug(line))
+    this.#onOpen = options.onOpen
+    this.#onMessage = options.onMessage
+    this.#onError = options.onError
+    if (options.onStateChange !== undefined) this.#stateListeners.add(options.onStateChange)
+    this.#queue = new OutboundQueue({ ...DEFAULT_QUEUE, ...options.queue }, (item, reason) => this.#dropped(item, reason))
+    browser.addEventListener?.('online', this.#online)
+    void this.#connect()
+  }
+
+  /** `connecting`, `open`, `reconnecting` or `closed`. */
+  get state (): SocketState {
+    return this.#state
+  }
+
+  /** The server's id for the current connection (from `connected`); null until the first one. */
+  get connectionId (): string | null {
+    return this.#connectionId
+  }
+
+  /** How many messages wait for the connection to open. */
+  get queued (): number {
+    return this.#queue.length
+  }
+
+  /**
+   * Sends a message now if the connection is open, else queues it (flushed in order after the next `connected`).
+   * Returns true when it went out at once. Under the 'error' overflow policy a full queue throws
+   * FST_SOCKET_QUEUE_FULL.
+   *
+   * @example
+   * socket.send('chat-room-lobby', 'chat-message', { text: 'hi' })
+   * socket.send({ channel: 'chat-room-lobby', cmd: 'chat-message', param: { text: 'hi' } })
+   */
+  send<C extends string> (channel: string, cmd: C, param: ClientParam<C>): boolean
+  send<C extends string> (message: { channel: string, cmd: C, param: ClientParam<C> }): boolean
+  send (first: string | { channel: string, cmd: string, param?: unknown }, cmd?: string, param?: unknown): boolean {
+    const message = typeof first === 'string' ? { channel: first, cmd: cmd as string, param } : first
+    return this.#send(message.channel, message.cmd, message.param, undefined)
+  }
+
+  /**
+   * Sends a message with a `ref` and resolves with the server's `reply` param. Rejects with the server's error code
+   * on `error`, with FST_SOCKET_REQUEST_TIMEOUT after `timeout` ms, or with FST_SOCKET_CONNECTION_CLOSED when the
+   * connection closes before the answer. A request made while the socket is down waits in the queue.
+   *
+   * @example
+   * const { channel } = await socket.request('news', 'subscribe', null, { timeout: 5000 })
+   */
+  request<T = unknown, C extends string = string> (channel: string, cmd: C, param: ClientParam<C>, options: { timeout?: number } = {}): Promise<T> {
+    const ref = `r${++this.#refs}`
+    return new Promise<T>((resolve, reject) => {
+      const timeout = options.timeout ?? this.#requestTimeout
+      const timer = setTimeout(() => {
+        this.#pending.delete(ref)
+        reject(new SocketError('FST_SOCKET_REQUEST_TIMEOUT', `No answer to "${cmd}" within ${timeout} ms`))
+      }, timeout)
+      this.#pending.set(ref, { resolve: resolve as (value: unknown) => void, reject, timer })
+      try {
+        this.#send(channel, cmd, param, ref)
+      } catch (err) {
+        this.#settle(ref, err as SocketError)
+      }
+    })
+  }
+
+  /**
+   * Calls `fn` with every message whose `cmd` is `cmd` (`'*'` for all of them).
+   *
+   * @example
+   * socket.on('user-joined', (m) => console.log(m.param.user))
+   */
+  on<C extends string> (cmd: C, fn: (message: Message<ServerParam<C>, C>) => void): this {
+    let set = this.#listeners.get(cmd)
+    if (set === undefined) this.#listeners.set(cmd, set = new Set())
+    set.add(fn as Listener)
+    return this
+  }
+
+  /** Removes a listener added with `on`. */
+  off<C extends string> (cmd: C, fn: (message: Message<ServerParam<C>, C>) => void): this {
+    this.#listeners.get(cmd)?.delete(fn as Listener)
+    return this
+  }
+
+  /** Calls `fn(state, previous)` on every state change; returns a function that removes it. */
+  onStateChange (fn: (state: SocketState, previous: SocketState) => void): () => void {
+    this.#stateListeners.add(fn)
+    return () => { this.#stateListeners.delete(fn) }
+  }
+
+  /**
+   * Closes at once and for good: no reconnection, pending requests rejected, queued messages reported dropped.
+   *
+   * @example
+   * socket.close()
+   */
+  close (code = 1000, reason = ''): void {
+    if (this.#state === 'closed') return
+    this.#log(`close ${code}`)
+    this.#stop()
+    this.#ws?.close(code, reason)
+    this.#ws = null
+    this.#rejectAll(new SocketError('FST_SOCKET_CONNECTION_CLOSED', 'The socket was closed', code))
+    this.#queue.clear('closed')
+  }
+
+  #send (channel: string, cmd: string, param: unknown, ref: string | undefined): boolean {
+    const data = JSON.stringify(ref === undefined ? { channel, cmd, param: param ?? null } : { channel, cmd, param: param ?? null, ref })
+    if (this.#state === 'closed') {
+      this.#dropped({ data, bytes: data.length, at: Date.now(), ref }, 'closed')
+      return false
+    }
+    const ws = this.#ws
+    if (this.#state === 'open' && ws !== null && ws.readyState === OPEN) {
+      ws.send(data)
+      this.#log(`send ${channel}:${cmd}`)
+      return true
+    }
+    this.#queue.push(data, ref)
+    this.#log(`queue ${channel}:${cmd} (${this.#queue.length} queued)`)
+    return false
+  }
+
+  async #connect (): Promise<void> {
+    this.#retryTimer = undefined
+    let token: string | undefined
+    try {
+      token = typeof this.#token === 'function' ? await this.#token() : this.#token
+    } catch (err) {
+      this.#report(new SocketError('FST_SOCKET_TOKEN_PROVIDER', `The token provider failed: ${(err as Error).message}`))
+      return this.#retry(false)
+    }
+    if (this.#state === 'closed') return
+    let url = this.#url
+    const protocols = [SUBPROTOCOL]
+    if (token !== undefined && token.length > 0) {
+      if (this.#tokenIn === 'query') url += `${url.includes('?') ? '&' : '?'}token=${encodeURIComponent(token)}`
+      else protocols.push(`bearer.${token}`)
+    }
+    this.#log(`connect ${this.#url}`)
+    let ws: WebSocketLike
+    try {
+      ws = new this.#WebSocket(url, protocols)
+    } catch (err) {
+      this.#report(new SocketError('FST_SOCKET_CONNECT_FAILED', `Could not open the socket: ${(err as Error).message}`))
+      return this.#retry(false)
+    }
+    this.#ws = ws
+    ws.onmessage = (event) => this.#frame(event.data)
+    ws.onclose = (event) => this.#closed(ws, event.code, event.reason)
+    // The close event that follows says what happened; an error event alone carries nothing useful.
+    ws.onerror = () => {}
+  }
+
+  #frame (data: unknown): void {
+    this.#lastTraffic = Date.now()
+    let message: Message
+    try {
+      message = JSON.parse(String(data)) as Message
+    } catch {
+      return this.#report(new SocketError('FST_SOCKET_BAD_FRAME', 'The server sent a frame that is not JSON'))
+    }
+    if (typeof message !== 'object' || message === null || typeof message.cmd !== 'string') {
+      return this.#report(new SocketError('FST_SOCKET_BAD_FRAME', 'The server sent a message without a cmd'))
+    }
+    this.#log(`recv ${message.channel}:${message.cmd}`)
+    if (message.cmd === 'connected') return this.#opened(message as Message<ServerParam<'connected'>>)
+    if (message.ref !== undefined && this.#pending.has(message.ref)) {
+      if (message.cmd === 'error') {
+        const { code, message: text } = message.param as ServerParam<'error'>
+        return this.#settle(message.ref, new SocketError(code, text))
+      }
+      return this.#settle(message.ref, undefined, message.param)
+    }
+    if (message.cmd === 'error') {
+      const { code, message: text } = message.param as ServerParam<'error'>
+      this.#report(new SocketError(code, text))
+    }
+    this.#emit(message)
+  }
+
+  #opened (message: Message<ServerParam<'connected'>>): void {
+    this.#connectionId = message.param.connectionId
+    this.#home = message.channel
+    this.#tokenRefreshed = false
+    this.#setState('open')
+    this.#stableTimer = setTimeout(() => { this.#attempt = 0 }, this.#resetAfter)
+    this.#startHeartbeat()
+    // Queued messages go before the application hears of the open, so they keep their place in line.
+    const ws = this.#ws as WebSocketLike
+    const items = this.#queue.drain()
+    if (items.length > 0) this.#log(`flush ${items.length} queued`)
+    for (const item of items) ws.send(item.data)
+    this.#onOpen?.()
+    this.#emit(message)
+  }
+
+  #closed (ws: WebSocketLike, code: number, reason: string): void {
+    if (ws !== this.#ws) return
+    this.#ws = null
+    clearTimeout(this.#stableTimer)
+    clearInterval(this.#heartbeatTimer)
+    this.#log(`closed ${code}${reason.length > 0 ? ` ${reason}` : ''}`)
+    this.#rejectAll(new SocketError('FST_SOCKET_CONNECTION_CLOSED', `The connection closed (${code}) before the answer came`, code))
+    if (this.#state === 'closed') return
+    const action = closeAction(code)
+    if (action === 'refresh-token' && typeof this.#token === 'function' && !this.#tokenRefreshed) {
+      // Once: the provider is asked for a fresh token; a second 4001 in a row means it has none to give.
+      this.#tokenRefreshed = true
+      this.#setState('reconnecting')
+      void this.#connect()
+      return
+    }
+    if (action === 'stop' || action === 'refresh-token' || this.#backoff === null) {
+      this.#stop()
+      this.#report(new SocketError('FST_SOCKET_CONNECTION_CLOSED', `The server closed the connection (${code}${reason.length > 0 ? `: ${reason}` : ''})`, code))
+      this.#queue.clear('closed')
+      return
+    }
+    this.#retry(action === 'reconnect-slowly')
+  }
+
+  #retry (overloaded: boolean): void {
+    if (this.#state === 'closed') return
+    if (this.#backoff === null) {
+      this.#stop()
+      this.#queue.clear('closed')
+      return
+    }
+    this.#setState('reconnecting')
+    const delay = backoffDelay(this.#attempt++, this.#backoff, overloaded)
+    this.#log(`retry in ${delay} ms`)
+    this.#retryTimer = setTimeout(() => { void this.#connect() }, delay)
+  }
+
+  /** The browser is back online: a scheduled retry happens now instead of after its delay. */
+  readonly #online = (): void => {
+    if (this.#retryTimer === undefined) return
+    this.#log('online: retry now')
+    clearTimeout(this.#retryTimer)
+    void this.#connect()
+  }
+
+  #startHeartbeat (): void {
+    if (this.#heartbeat === null) return
+    const { interval, timeout } = this.#heartbeat
+    this.#heartbeatTimer = setInterval(() => {
+      const silent = Date.now() - this.#lastTraffic
+      const ws = this.#ws
+      if (ws === null) return
+      if (silent >= interval + timeout) {
+        this.#log(`server silent for ${silent} ms`)
+        ws.onclose = null
+        ws.close()
+        this.#closed(ws, 1006, 'heartbeat timeout')
+      } else if (silent >= interval) {
+        ws.send(JSON.stringify({ channel: this.#home, cmd: 'ping', param: null }))
+      }
+    }, Math.min(interval, timeout))
+  }
+
+  #stop (): void {
+    this.#setState('closed')
+    clearTimeout(this.#retryTimer)
+    clearTimeout(this.#stableTimer)
+    clearInterval(this.#heartbeatTimer)
+    this.#retryTimer = undefined
+    browser.removeEventListener?.('online', this.#online)
+  }
+
+  #setState (state: SocketState): void {
+    const previous = this.#state
+    if (state === previous) return
+    this.#state = state
+    this.#log(`state ${state}`)
+    for (const fn of this.#stateListeners) fn(state, previous)
+  }
+
+  #emit (message: Message): void {
+    for (const fn of this.#listeners.get(message.cmd) ?? []) fn(message)
+    for (const fn of this.#listeners.get('*') ?? []) fn(message)
+    this.#onMessage?.(message)
+  }
+
+  #settle (ref: string, error: SocketError | undefined, value?: unknown): void {
+    const pending = this.#pending.get(ref)
+    if (pending === undefined) return
+    this.#pending.delete(ref)
+    clearTimeout(pending.timer)
+    if (error === undefined) pending.resolve(value)
+    else pending.reject(error)
+  }
+
+  #rejectAll (error: SocketError): void {
+    for (const ref of [...this.#pending.keys()]) {
+      // Requests still in the queue were never sent: they wait for the next connection.
+      if (!this.#queue.has(ref)) this.#settle(ref, error)
+    }
+  }
+
+  #dropped (item: Queued, reason: DropReason): void {
+    const error = new SocketError('FST_SOCKET_MESSAGE_DROPPED', `A message was dropped (${reason}) before it could be sent`)
+    this.#log(`drop (${reason})`)
+    if (item.ref !== undefined && this.#pending.has(item.ref)) this.#settle(item.ref, error)
+    else this.#report(error)
+  }
+
+  #report (error: SocketError): void {
+    this.#log(`error ${error.code}`)
+    this.#onError?.(error)
+  }
+
+  #log (line: string): void {
+    if (this.#debug) this.#logger(`[forge-socket] ${line}`)
+  }
+}

@@ -1,0 +1,63 @@
+/** A message as it travels: `Message<P>` for a known param type. */
+export interface Message<P = unknown, C extends string = string> {
+  readonly channel: string
+  readonly cmd: C
+  readonly param: P
+  readonly ref?: string
+  readonly seq?: number
+}
+
+/**
+ * The params of the commands a client sends, by command. Declare yours once and `send` / `request` check them:
+ *
+ * @example
+ * declare module 'fastify-forge-socket/client' {
+ *   interface ClientCommands { 'chat-message': { text: string } }
+ * }
+ */
+export interface ClientCommands {}
+
+/**
+ * The params of the messages a server sends, by command. The protocol's own are here; add yours the same way and
+ * `on(cmd, fn)` hands `fn` a typed message.
+ */
+export interface ServerCommands {
+  'connected': { connectionId: string, channels: string[] }
+  'error': { code: string, message: string }
+  'user-joined': { user: string, connectionId: string }
+  'user-left': { user: string, connectionId: string }
+  'pong': null
+}
+
+export type ClientParam<C extends string> = C extends keyof ClientCommands ? ClientCommands[C] : unknown
+export type ServerParam<C extends string> = C extends keyof ServerCommands ? ServerCommands[C] : unknown
+
+/** `connecting` (first attempt), `open` (after `connected`), `reconnecting` (waiting or trying again), `closed` (for good). */
+export type SocketState = 'connecting' | 'open' | 'reconnecting' | 'closed'
+
+/** The part of the WebSocket API the client uses: the browser's, or `ws` in Node. */
+export interface WebSocketLike {
+  readonly readyState: number
+  onopen: ((event: unknown) => void) | null
+  onmessage: ((event: { data: unknown }) => void) | null
+  onclose: ((event: { code: number, reason: string }) => void) | null
+  onerror: ((event: unknown) => void) | null
+  send (data: string): void
+  close (code?: number, reason?: string): void
+}
+
+export type WebSocketConstructor = new (url: string, protocols?: string | string[]) => WebSocketLike
+
+/** Every error the client reports (through `onError`, or by rejecting a request) has a stable code. */
+export class SocketError extends Error {
+  readonly code: string
+  /** The close code, for errors about a closed connection. */
+  readonly closeCode: number | undefined
+
+  constructor (code: string, message: string, closeCode?: number) {
+    super(message)
+    this.name = 'SocketError'
+    this.code = code
+    this.closeCode = closeCode
+  }
+}
