@@ -25,7 +25,10 @@ async function forgeSocket (app: FastifyInstance, input: ForgeSocketOptions): Pr
   if (app.hasDecorator('socket')) throw new errors.FST_SOCKET_ALREADY_REGISTERED()
   const options = resolveOptions(input)
 
-  if (!app.hasDecorator('jwt')) {
+  // When forge-socket registers @fastify/jwt, the allow-list is built into its verifier; an app's own instance
+  // gets the allow-list with every verify (which makes @fastify/jwt build a verifier each time).
+  const ownJwt = !app.hasDecorator('jwt')
+  if (ownJwt) {
     if (options.jwt === undefined) throw new errors.FST_SOCKET_INVALID_OPTIONS('/jwt/secret is required unless @fastify/jwt is already registered')
     await app.register(fastifyJwt, { secret: options.jwt.secret, verify: { algorithms: options.auth.algorithms } })
   }
@@ -46,7 +49,7 @@ async function forgeSocket (app: FastifyInstance, input: ForgeSocketOptions): Pr
     app.websocketServer.options.handleProtocols ??= selectProtocol
   }
 
-  const service = new SocketService(app, options)
+  const service = new SocketService(app, options, ownJwt ? undefined : { algorithms: options.auth.algorithms })
   app.decorate('socket', service)
   await service.start()
 

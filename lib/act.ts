@@ -8,7 +8,6 @@ import type { Profile, TokenPayload } from './options.js'
 
 /** What an act handler decided: the channel the connection starts in, and who it is. */
 export interface UpgradePlan {
-  act: string
   channel: string
   metadata: Metadata
   profile: Profile | null
@@ -76,7 +75,7 @@ export class PageState {
    */
   upgrade (channel: string, metadata: Metadata = {}, profile: Profile | null = this.profile, logger: FastifyBaseLogger = this.logger): UpgradeTicket {
     assertChannel(channel)
-    this.plan = { act: this.act, channel, metadata, profile, payload: this.claims, logger, onBinary: this.#onBinary }
+    this.plan = { channel, metadata, profile, payload: this.claims, logger, onBinary: this.#onBinary }
     return { channel }
   }
 

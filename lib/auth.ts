@@ -10,6 +10,11 @@ const kQueryToken = Symbol('forge-socket.query-token')
 
 type RawWithToken = IncomingMessage & { [kQueryToken]?: string }
 
+/** Options passed to every `app.jwt.verify` (only when the app registered @fastify/jwt itself). */
+export interface VerifyOptions {
+  algorithms: ResolvedOptions['auth']['algorithms']
+}
+
 /** The result of authenticating an upgrade request. */
 export interface Authenticated {
   profile: Profile | null
@@ -105,7 +110,7 @@ function translate (err: unknown): Error {
  * profile. `required` routes refuse a missing token (401); `optional` routes let it through as `profile: null`,
  * but a token that is present must still be valid.
  */
-export async function authenticate (app: FastifyInstance, request: FastifyRequest, options: ResolvedOptions['auth'], required: boolean): Promise<Authenticated> {
+export async function authenticate (app: FastifyInstance, request: FastifyRequest, options: ResolvedOptions['auth'], required: boolean, verifyOptions?: VerifyOptions): Promise<Authenticated> {
   const token = extractToken(request, options)
   if (token === undefined) {
     if (required) throw new errors.FST_SOCKET_TOKEN_MISSING()
@@ -113,7 +118,7 @@ export async function authenticate (app: FastifyInstance, request: FastifyReques
   }
   let payload: TokenPayload
   try {
-    payload = app.jwt.verify<TokenPayload>(token, { algorithms: options.algorithms })
+    payload = verifyOptions === undefined ? app.jwt.verify<TokenPayload>(token) : app.jwt.verify<TokenPayload>(token, verifyOptions)
   } catch (err) {
     throw translate(err)
   }

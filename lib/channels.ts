@@ -8,6 +8,8 @@ export class Channel {
   readonly users = new Map<string, number>()
   /** The `seq` of the last message sent to this channel from this node. */
   seq = 0
+  /** This node's broker subscription to the channel; joiners wait for it. */
+  subscribed: Promise<void> = Promise.resolve()
 
   constructor (name: string) {
     this.name = name
@@ -38,8 +40,8 @@ export class ChannelRegistry {
     return this.#channels.size
   }
 
-  names (): string[] {
-    return [...this.#channels.keys()]
+  all (): IterableIterator<Channel> {
+    return this.#channels.values()
   }
 
   /** Adds the connection to the channel; returns null when it was a member already. */

@@ -1,10 +1,11 @@
 import { Compile } from 'typebox/compile'
-import { InboundEnvelope, type InboundMessage, type OutboundMessage } from '../schemas/envelope.js'
+import { InboundEnvelope, ServerMessage, type InboundMessage, type OutboundMessage, type ServerMessageData } from '../schemas/envelope.js'
 import { CHANNEL_PATTERN } from '../schemas/options.js'
 import type { FastifyError } from '@fastify/error'
 import { errors } from './errors.js'
 
 const envelope = Compile(InboundEnvelope)
+const serverMessage = Compile(ServerMessage)
 const channelName = new RegExp(CHANNEL_PATTERN)
 
 /** Keys that could reach an object's prototype if the param were ever merged into another object. */
@@ -69,6 +70,16 @@ function checkStructure (root: object, maxDepth: number): void {
       stack.push([(value as Record<string, unknown>)[key], depth + 1])
     }
   }
+}
+
+/**
+ * Checks what application code wants to send (`{ cmd, param? }`, the same `cmd` rules a client's message has):
+ * FST_SOCKET_INVALID_MESSAGE otherwise.
+ */
+export function checkServerMessage (message: ServerMessageData): void {
+  if (serverMessage.Check(message)) return
+  const first = [...serverMessage.Errors(message)][0]
+  throw new errors.FST_SOCKET_INVALID_MESSAGE(`${first?.instancePath || 'message'} ${first?.message ?? 'is invalid'}`)
 }
 
 /** Serializes an outbound message once; the same bytes go to every recipient. */

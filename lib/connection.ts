@@ -2,11 +2,11 @@ import type { WebSocket } from 'ws'
 import type { FastifyBaseLogger } from 'fastify'
 import type { OutboundMessage } from '../schemas/envelope.js'
 import type { Profile } from './options.js'
-import { CloseCode } from './errors.js'
-import { closeReason } from './protocol.js'
+import { CloseCode, errors } from './errors.js'
+import { closeReason, isSendableCloseCode } from './protocol.js'
 import { encode } from './codec.js'
 
-/** ws send options, shared by every send so the hot path allocates nothing per recipient. */
+/** ws send options, shared by every send (ws still builds a frame header per socket; framing once is bench work). */
 const TEXT_FRAME = Object.freeze({ binary: false })
 
 /** A connection's life: OPENING until it is registered and `onOpen` hooks ran, then OPEN, CLOSING, CLOSED. */
@@ -90,6 +90,7 @@ export class Connection {
 
   /** Starts the closing handshake with a code and a reason (cut to 123 bytes). */
   close (code: number, reason: string): void {
+    if (!isSendableCloseCode(code)) throw new errors.FST_SOCKET_INVALID_CLOSE_CODE(code)
     if (this.state === ConnectionState.CLOSING || this.state === ConnectionState.CLOSED) return
     this.state = ConnectionState.CLOSING
     this.#socket.close(code, closeReason(reason))

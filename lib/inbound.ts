@@ -3,7 +3,7 @@ import { CloseCode, errors, toClientError } from './errors.js'
 import { assertChannel, decode, type DecodeError } from './codec.js'
 import type { CommandRegistry } from './commands.js'
 import type { Connection } from './connection.js'
-import type { UpgradePlan } from './act.js'
+import type { BinaryHandler, UpgradePlan } from './act.js'
 import type { ResolvedOptions } from './options.js'
 import type { InboundMessage, OutboundMessage } from '../schemas/envelope.js'
 
@@ -41,7 +41,7 @@ export class Inbound {
     this.messages++
     if (isBinary) {
       if (plan.onBinary === undefined) return conn.close(CloseCode.UNSUPPORTED_DATA, 'binary frames are not accepted')
-      void this.#settle(conn, conn.home, undefined, () => plan.onBinary?.(bytes, conn.id))
+      void this.#binary(conn, plan.onBinary, bytes)
       return
     }
     let message: InboundMessage
@@ -56,16 +56,25 @@ export class Inbound {
       this.#host.reply(conn, { channel: message.channel, cmd: 'pong', param: null, ref: message.ref })
       return
     }
-    void this.#settle(conn, message.channel, message.ref, () => this.#dispatch(conn, message))
+    void this.#answer(conn, message)
   }
 
-  /** Runs one handler: its value becomes the `reply` (when `ref` was set), its error an `error` message. */
-  async #settle (conn: Connection, channel: string, ref: string | undefined, run: () => unknown): Promise<void> {
+  /** Runs one message's handler: its value becomes the `reply` (when `ref` was set), its error an `error` message. */
+  async #answer (conn: Connection, message: InboundMessage): Promise<void> {
     try {
-      const result = await run()
-      if (ref !== undefined) this.#host.reply(conn, { channel, cmd: 'reply', param: result ?? null, ref })
+      const result = await this.#dispatch(conn, message)
+      if (message.ref !== undefined) this.#host.reply(conn, { channel: message.channel, cmd: 'reply', param: result ?? null, ref: message.ref })
     } catch (err) {
-      this.#sendError(conn, channel, ref, err)
+      this.#sendError(conn, message.channel, message.ref, err)
+    }
+  }
+
+  /** Hands a binary frame to the route's `onBinary`; what it throws becomes an `error` message. */
+  async #binary (conn: Connection, onBinary: BinaryHandler, bytes: Buffer): Promise<void> {
+    try {
+      await onBinary(bytes, conn.id)
+    } catch (err) {
+      this.#sendError(conn, conn.home, undefined, err)
     }
   }
 

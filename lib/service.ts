@@ -4,7 +4,7 @@ import type { TSchema } from 'typebox'
 import type { RawData, WebSocket } from 'ws'
 import type {} from '@fastify/websocket'
 import { CloseCode, errors } from './errors.js'
-import { assertChannel, encode } from './codec.js'
+import { assertChannel, checkServerMessage, encode } from './codec.js'
 import { isSendableCloseCode } from './protocol.js'
 import { ChannelRegistry, type MembershipChange } from './channels.js'
 import { CommandRegistry, type CommandDefinition } from './commands.js'
@@ -12,7 +12,7 @@ import { Connection, ConnectionState, type ConnectionInfo, type Metadata } from 
 import { Heartbeat } from './heartbeat.js'
 import { Inbound } from './inbound.js'
 import { PageState, currentPageState, runAct, type ActHandler, type ActOptions, type ActRouteOptions, type UpgradePlan, type UpgradeTicket } from './act.js'
-import { authenticate, checkOrigin } from './auth.js'
+import { authenticate, checkOrigin, type VerifyOptions } from './auth.js'
 import type { BrokerMessage } from './broker/broker.js'
 import type { Profile, ResolvedOptions } from './options.js'
 import type { OutboundMessage, ServerMessageData } from '../schemas/envelope.js'
@@ -22,6 +22,8 @@ type RequestWithPlan = FastifyRequest & { [kPlan]?: UpgradePlan }
 
 /** Frames that may wait while a connection is being registered; more than this is abuse (1008). */
 const MAX_PENDING_FRAMES = 256
+/** …and the bytes they may hold, in frames of `maxPayload`. */
+const MAX_PENDING_PAYLOADS = 4
 
 /** The longest delay a Node timer takes (about 24.8 days); token expiries further out are re-armed. */
 const MAX_TIMER = 2 ** 31 - 1
@@ -56,6 +58,7 @@ export class SocketService {
   readonly nodeId = randomUUID()
   readonly #app: FastifyInstance
   readonly #options: Readonly<ResolvedOptions>
+  readonly #verifyOptions: VerifyOptions | undefined
   readonly #connections = new Map<string, Connection>()
   readonly #channels = new ChannelRegistry()
   readonly #commands = new CommandRegistry()
@@ -64,13 +67,16 @@ export class SocketService {
   readonly #openHooks: OpenHook[] = []
   readonly #closeHooks: CloseHook[] = []
   readonly #expiries = new Map<Connection, NodeJS.Timeout>()
+  /** Close paths still leaving channels and running onClose hooks; shutdown waits for them. */
+  readonly #closePaths = new Set<Promise<void>>()
   #closing = false
   #drained: (() => void) | null = null
   #messagesOut = 0
 
-  constructor (app: FastifyInstance, options: Readonly<ResolvedOptions>) {
+  constructor (app: FastifyInstance, options: Readonly<ResolvedOptions>, verifyOptions?: VerifyOptions) {
     this.#app = app
     this.#options = options
+    this.#verifyOptions = verifyOptions
     this.#heartbeat = new Heartbeat(() => this.#connections.values(), options.heartbeat.interval, options.heartbeat.timeout)
     this.#inbound = new Inbound(options, this.#commands, {
       join: (conn, channel) => this.#join(conn, channel),
@@ -105,7 +111,7 @@ export class SocketService {
         if (!request.ws) throw new errors.FST_SOCKET_UPGRADE_REQUIRED()
         if (service.#closing) throw new errors.FST_SOCKET_SHUTTING_DOWN()
         checkOrigin(request, service.#options.origins)
-        const { profile, payload } = await authenticate(this, request, service.#options.auth, required)
+        const { profile, payload } = await authenticate(this, request, service.#options.auth, required, service.#verifyOptions)
         const ps = new PageState(name, request, profile, payload, options.onBinary)
         await runAct(ps, () => handler(this, ps))
         if (ps.plan === null) throw new errors.FST_SOCKET_NOT_UPGRADED(name);
@@ -173,7 +179,7 @@ export class SocketService {
    * app.socket.sendToConnection(id, { cmd: 'kicked', param: { reason: 'spam' } })
    */
   sendToConnection (connectionId: string, message: ServerMessageData & { channel?: string }): boolean {
-    checkMessage(message)
+    checkServerMessage(message)
     if (message.channel !== undefined) assertChannel(message.channel)
     const conn = this.#connections.get(connectionId)
     if (conn === undefined) {
@@ -276,12 +282,9 @@ export class SocketService {
 
   /** This node's channels with their member counts. */
   channels (): ChannelInfo[] {
-    return this.#channels.names().map((name) => {
-      const channel = this.#channels.get(name)
-      /* c8 ignore next */
-      if (channel === undefined) throw new Error('unreachable')
-      return { name, connections: channel.members.size, users: channel.users.size, seq: channel.seq }
-    })
+    return [...this.#channels.all()].map((channel) => ({
+      name: channel.name, connections: channel.members.size, users: channel.users.size, seq: channel.seq
+    }))
   }
 
   /** This node's connections, all or those in one channel. */
@@ -314,15 +317,19 @@ export class SocketService {
     }, this.#options.shutdownTimeout)
     await drained
     clearTimeout(deadline)
+    await Promise.all(this.#closePaths)
   }
 
   /** Releases the broker (from the app's `onClose`). */
   async stop (): Promise<void> {
     this.#heartbeat.stop()
+    await Promise.all(this.#closePaths)
     await this.#options.broker.close()
   }
 
   #accept (socket: WebSocket, plan: UpgradePlan): void {
+    // An act handler that was still running when app.close() began: its upgrade completes, and is told to go.
+    if (this.#closing) return socket.close(CloseCode.GOING_AWAY, 'server shutting down')
     const id = randomUUID()
     const conn = new Connection({
       id,
@@ -336,17 +343,25 @@ export class SocketService {
     // Listeners go on before any await, so frames that arrive while the connection is registered wait in
     // `pending` instead of being lost.
     const pending: Array<[RawData, boolean]> = []
+    let pendingBytes = 0
     socket.on('message', (data, isBinary) => {
       conn.awaitingPong = false
       if (conn.state === ConnectionState.OPEN) return this.#inbound.handle(conn, plan, data, isBinary)
       // Once a close has started, frames still in flight are dropped: none may jump ahead of `pending` (after a
       // 1008 for too many frames) or run handlers for a connection the server is closing.
       if (conn.state !== ConnectionState.OPENING) return
-      if (pending.length >= MAX_PENDING_FRAMES) return conn.close(CloseCode.POLICY_VIOLATION, 'too many frames before open')
+      pendingBytes += (data as Buffer).length
+      if (pending.length >= MAX_PENDING_FRAMES || pendingBytes > this.#options.maxPayload * MAX_PENDING_PAYLOADS) {
+        return conn.close(CloseCode.POLICY_VIOLATION, 'too many frames before open')
+      }
       pending.push([data, isBinary])
     })
     socket.on('pong', () => { conn.awaitingPong = false })
-    socket.on('close', (code) => { void this.#closed(conn, code) })
+    socket.on('close', (code) => {
+      const closed = this.#closed(conn, code)
+      this.#closePaths.add(closed)
+      void closed.finally(() => this.#closePaths.delete(closed))
+    })
     this.#connections.set(id, conn)
     this.#armExpiry(conn, plan.payload?.exp)
     conn.log.debug({ channel: plan.channel }, 'connection open')
@@ -357,7 +372,11 @@ export class SocketService {
   async #open (conn: Connection, plan: UpgradePlan, pending: Array<[RawData, boolean]>): Promise<void> {
     try {
       await this.#join(conn, plan.channel)
-      for (const hook of this.#openHooks) await hook(conn)
+      for (const hook of this.#openHooks) {
+        // A connection that closed meanwhile has had its onClose hooks (or will): no onOpen may run after them.
+        if (conn.state !== ConnectionState.OPENING) return
+        await hook(conn)
+      }
     } catch (err) {
       conn.log.error({ err }, 'connection setup failed')
       conn.close(CloseCode.INTERNAL_ERROR, 'internal error')
@@ -416,16 +435,21 @@ export class SocketService {
     if (conn.state === ConnectionState.CLOSED) return
     const change = this.#channels.join(conn, channel)
     if (change === null) return
-    if (change.firstOrLast) {
-      try {
-        await this.#options.broker.subscribe(channel)
-      } catch (err) {
-        // Without the subscription the member would miss other nodes' messages: undo the join and say so.
-        this.#channels.leave(conn, channel)
-        throw err
-      }
-    }
     this.#presence(conn, change, 'user-joined')
+    // Every member that joins while the node's subscription is under way waits for it; if it fails, each of them
+    // leaves again (announced), so nobody sits in a channel whose other nodes' messages never arrive.
+    if (change.firstOrLast) change.channel.subscribed = this.#subscribe(channel)
+    try {
+      await change.channel.subscribed
+    } catch (err) {
+      await this.#leave(conn, channel)
+      throw err
+    }
+  }
+
+  /** The broker subscription as a promise, whether the broker is synchronous, asynchronous, or throws. */
+  async #subscribe (channel: string): Promise<void> {
+    await this.#options.broker.subscribe(channel)
   }
 
   async #leave (conn: Connection, channel: string): Promise<void> {
@@ -491,15 +515,8 @@ export class SocketService {
   }
 }
 
-/** Checks what application code wants to send: FST_SOCKET_INVALID_MESSAGE unless it has a non-empty `cmd`. */
-function checkMessage (message: ServerMessageData): void {
-  if (typeof message !== 'object' || message === null || typeof message.cmd !== 'string' || message.cmd.length === 0) {
-    throw new errors.FST_SOCKET_INVALID_MESSAGE('a message needs a non-empty string "cmd"')
-  }
-}
-
 /** Builds the envelope of a channel message. */
 function toOutbound (channel: string, message: ServerMessageData): OutboundMessage {
-  checkMessage(message)
+  checkServerMessage(message)
   return { channel, cmd: message.cmd, param: message.param ?? null }
 }

@@ -317,14 +317,15 @@ export class Socket {
     this.#connectionId = message.param.connectionId
     this.#home = message.channel
     this.#tokenRefreshed = false
-    this.#setState('open')
-    this.#stableTimer = setTimeout(() => { this.#attempt = 0 }, this.#resetAfter)
-    this.#startHeartbeat()
-    // Queued messages go before the application hears of the open, so they keep their place in line.
+    // Queued messages go before the application hears of the open (state listeners included), so they keep their
+    // place in line ahead of anything sent from onStateChange('open') or onOpen.
     const ws = this.#ws as WebSocketLike
     const items = this.#queue.drain()
     if (items.length > 0) this.#log(`flush ${items.length} queued`)
     for (const item of items) ws.send(item.data)
+    this.#setState('open')
+    this.#stableTimer = setTimeout(() => { this.#attempt = 0 }, this.#resetAfter)
+    this.#startHeartbeat()
     this.#onOpen?.()
     this.#emit(message)
   }
