@@ -1,0 +1,93 @@
+// The demo page, with forge-socket's client, in Debian's Chromium driven by playwright-core: two people log in and
+// chat, one gets a notification, the server is killed and restarted, and both pages recover.
+import t from 'tap'
+import { existsSync } from 'node:fs'
+import { stat } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { chromium, type Browser, type Page } from 'playwright-core'
+import { freePort, startDemo, type DemoProcess } from './helpers/demo-process.js'
+
+const CHROMIUM = process.env.CHROMIUM_PATH ?? '/usr/bin/chromium'
+const SECRET = 'browser-test-secret'
+/** Every wait below is for an event on the page; this only bounds how long a broken run hangs. */
+const WAIT = { timeout: 15_000 }
+
+if (!existsSync(CHROMIUM)) {
+  if (process.env.CI !== undefined || process.env.FORGE_SOCKET_REQUIRE_BROWSER === '1') {
+    t.fail(`Chromium is required here but missing at ${CHROMIUM} (apt-get install chromium)`)
+  } else {
+    t.plan(0, `no Chromium at ${CHROMIUM}: install Debian's chromium to run the browser tests`)
+  }
+} else {
+  t.test('two people chat in the demo page, and both recover from a server restart', async (t) => {
+    const port = await freePort()
+    let demo: DemoProcess = await startDemo({ port, secret: SECRET })
+    t.after(() => demo.kill())
+    const browser: Browser = await chromium.launch({
+      executablePath: CHROMIUM,
+      args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-quic', '--no-first-run', '--disable-component-update', '--disable-sync']
+    })
+    t.after(() => browser.close())
+    const errors: string[] = []
+
+    async function open (name: string): Promise<Page> {
+      const page = await browser.newPage({ viewport: { width: 1100, height: 720 } })
+      page.on('pageerror', (err) => errors.push(`${name}: ${err.message}`))
+      await page.goto(demo.url)
+      await page.fill('#name', name)
+      await page.click('#login button')
+      await page.waitForSelector('#notifications-status[data-state="open"]', WAIT)
+      await page.fill('#room', 'lobby')
+      await page.click('#join button')
+      await page.waitForSelector('#chat-status[data-state="open"]', WAIT)
+      return page
+    }
+    const chatLine = (page: Page, text: string): Promise<unknown> => page.waitForSelector(`#chat-log li:text-is("${text}")`, WAIT)
+    async function say (page: Page, text: string): Promise<void> {
+      await page.fill('#text', text)
+      await page.click('#chat button')
+    }
+
+    const ann = await open('ann')
+    const bob = await open('bob')
+    await chatLine(ann, '→ bob joined')
+    t.pass('ann sees bob join')
+
+    await say(bob, 'hello ann')
+    await chatLine(ann, 'bob: hello ann')
+    await chatLine(bob, 'bob: hello ann')
+    t.pass('a chat message reaches both pages')
+
+    await bob.fill('#to', 'ann')
+    await bob.fill('#title', 'Ping')
+    await bob.click('#notify button')
+    await ann.waitForSelector('#notifications li:has-text("bob: Ping")', WAIT)
+    t.equal(await bob.locator('#notifications li').count(), 0, 'only ann got the notification')
+
+    await demo.kill('SIGKILL')
+    for (const page of [ann, bob]) await page.waitForSelector('#chat-status[data-state="reconnecting"]', WAIT)
+    t.pass('both pages notice the server is gone')
+    await say(ann, 'sent while the server was down')
+
+    demo = await startDemo({ port, secret: SECRET })
+    for (const page of [ann, bob]) {
+      await page.waitForSelector('#chat-status[data-state="open"]', WAIT)
+      await page.waitForSelector('#notifications-status[data-state="open"]', WAIT)
+    }
+    t.pass('both pages reconnect to the restarted server')
+    await chatLine(ann, 'ann: sent while the server was down')
+    t.pass('the message queued while down is delivered after the reconnection')
+
+    await say(bob, 'back again')
+    await chatLine(ann, 'bob: back again')
+    await say(ann, 'welcome back')
+    await chatLine(bob, 'ann: welcome back')
+    t.pass('the pages chat again')
+
+    const shot = join(tmpdir(), 'forge-socket-demo.png')
+    await ann.screenshot({ path: shot })
+    t.ok((await stat(shot)).size > 10_000, `screenshot taken: ${shot}`)
+    t.same(errors, [], 'no script errors on the pages')
+  })
+}
