@@ -9,6 +9,7 @@ import type { Profile, TokenPayload } from './options.js'
 /** What an act handler decided: the channel the connection starts in, and who it is. */
 export interface UpgradePlan {
   channel: string
+  ip: string
   metadata: Metadata
   profile: Profile | null
   payload: TokenPayload | null
@@ -75,7 +76,7 @@ export class PageState {
    */
   upgrade (channel: string, metadata: Metadata = {}, profile: Profile | null = this.profile, logger: FastifyBaseLogger = this.logger): UpgradeTicket {
     assertChannel(channel)
-    this.plan = { channel, metadata, profile, payload: this.claims, logger, onBinary: this.#onBinary }
+    this.plan = { channel, ip: this.request.ip, metadata, profile, payload: this.claims, logger, onBinary: this.#onBinary }
     return { channel }
   }
 

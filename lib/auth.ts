@@ -1,5 +1,5 @@
 import type { IncomingMessage } from 'node:http'
-import type { FastifyInstance, FastifyRequest } from 'fastify'
+import type { FastifyBaseLogger, FastifyInstance, FastifyRequest } from 'fastify'
 import type {} from '@fastify/jwt'
 import { errors, toClientError } from './errors.js'
 import { BEARER_PREFIX, SUBPROTOCOL } from './protocol.js'
@@ -116,6 +116,14 @@ export async function authenticate (app: FastifyInstance, request: FastifyReques
     if (required) throw new errors.FST_SOCKET_TOKEN_MISSING()
     return { profile: null, payload: null }
   }
+  return await verifyToken(app, token, options, request.log, verifyOptions)
+}
+
+/**
+ * Verifies one token and maps its claims to a profile: at the upgrade, and for an in-band `auth.refresh`.
+ * Every failure is FST_SOCKET_TOKEN_INVALID or FST_SOCKET_TOKEN_EXPIRED, except a mapper's own coded 4xx error.
+ */
+export async function verifyToken (app: FastifyInstance, token: string, options: ResolvedOptions['auth'], log: FastifyBaseLogger, verifyOptions?: VerifyOptions): Promise<{ profile: Profile, payload: TokenPayload }> {
   let payload: TokenPayload
   try {
     payload = verifyOptions === undefined ? app.jwt.verify<TokenPayload>(token) : app.jwt.verify<TokenPayload>(token, verifyOptions)
@@ -128,7 +136,7 @@ export async function authenticate (app: FastifyInstance, request: FastifyReques
   } catch (err) {
     // A mapper refuses a token by throwing (401); its own coded 4xx errors, such as forbidden(), pass through.
     if (toClientError(err).exposed) throw err
-    request.log.warn({ err }, 'the profile mapper refused the token')
+    log.warn({ err }, 'the profile mapper refused the token')
     throw new errors.FST_SOCKET_TOKEN_INVALID('the profile mapper refused the token')
   }
   if (typeof profile !== 'object' || profile === null || typeof profile.id !== 'string' || profile.id.length === 0) {

@@ -96,6 +96,6 @@ export function isValidChannel (name: unknown): name is string {
 export function assertChannel (name: unknown): asserts name is string {
   if (!isValidChannel(name)) {
     const shown = typeof name === 'string' ? JSON.stringify(name.length > 40 ? `${name.slice(0, 40)}…` : name) : typeof name
-    throw new errors.FST_SOCKET_INVALID_CHANNEL(`${shown} (1–255 characters of A-Z a-z 0-9 _ . : @ / -)`)
+    throw new errors.FST_SOCKET_INVALID_CHANNEL(`${shown} (1–255 characters of A-Z a-z 0-9 _ . : @ / -, no "..")`)
   }
 }

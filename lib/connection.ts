@@ -1,10 +1,17 @@
 import type { WebSocket } from 'ws'
 import type { FastifyBaseLogger } from 'fastify'
 import type { OutboundMessage } from '../schemas/envelope.js'
-import type { Profile } from './options.js'
 import { CloseCode, errors } from './errors.js'
 import { closeReason, isSendableCloseCode } from './protocol.js'
 import { encode } from './codec.js'
+import { TokenBucket, WindowCounter } from './limits.js'
+import type { Profile, ResolvedOptions } from './options.js'
+
+/** The options the per-connection limits are built from. */
+export type ConnectionLimits = Pick<ResolvedOptions, 'rateLimit' | 'badFrames'>
+
+/** A connection refused more frames than `rateLimit.perSecond` allows in this many seconds is closed (1008). */
+export const ABUSE_WINDOW_SECONDS = 5
 
 /** ws send options, shared by every send (ws still builds a frame header per socket; framing once is bench work). */
 const TEXT_FRAME = Object.freeze({ binary: false })
@@ -52,8 +59,22 @@ export class Connection {
   readonly #socket: WebSocket
   readonly #sendBufferLimit: number
 
-  constructor (init: { id: string, socket: WebSocket, profile: Profile | null, metadata: Metadata, home: string, log: FastifyBaseLogger, sendBufferLimit: number }) {
+  /** The client's address (`request.ip`, so it honours Fastify's `trustProxy`). */
+  readonly ip: string
+  /** Inbound limits (lib/limits.ts): the frame rate, refused frames, malformed frames. */
+  readonly rate: TokenBucket
+  readonly refused: WindowCounter
+  readonly badFrames: WindowCounter
+
+  constructor (init: { id: string, socket: WebSocket, profile: Profile | null, metadata: Metadata, home: string, ip: string, log: FastifyBaseLogger, sendBufferLimit: number, limits: ConnectionLimits }) {
     this.id = init.id
+    this.ip = init.ip
+    const now = Date.now()
+    const { perSecond, burst } = init.limits.rateLimit
+    this.rate = new TokenBucket(perSecond, burst, now)
+    // "Sustained abuse": more frames refused in a window than the rate allows in that window.
+    this.refused = new WindowCounter(perSecond * ABUSE_WINDOW_SECONDS, ABUSE_WINDOW_SECONDS * 1000)
+    this.badFrames = new WindowCounter(init.limits.badFrames.max, init.limits.badFrames.window)
     this.#socket = init.socket
     this.profile = init.profile
     this.metadata = init.metadata

@@ -24,6 +24,7 @@ export const errors = {
   FST_SOCKET_MISSING_PARAMETER: createError('FST_SOCKET_MISSING_PARAMETER', 'Missing required parameter "%s"', 400),
   FST_SOCKET_BAD_PROTOCOL: createError('FST_SOCKET_BAD_PROTOCOL', 'Sec-WebSocket-Protocol must offer "forge.v1" when it carries a bearer token', 400),
   FST_SOCKET_SHUTTING_DOWN: createError('FST_SOCKET_SHUTTING_DOWN', 'The server is shutting down', 503),
+  FST_SOCKET_TOO_MANY_CONNECTIONS: createError('FST_SOCKET_TOO_MANY_CONNECTIONS', 'Too many connections for this %s', 429),
 
   // Messages on an open connection (sent as `error` messages; the connection stays open)
   FST_SOCKET_BAD_REQUEST: createError('FST_SOCKET_BAD_REQUEST', 'Bad request: %s', 400),
@@ -32,6 +33,7 @@ export const errors = {
   FST_SOCKET_UNKNOWN_COMMAND: createError('FST_SOCKET_UNKNOWN_COMMAND', 'Unknown command "%s"', 404),
   FST_SOCKET_NOT_SUBSCRIBED: createError('FST_SOCKET_NOT_SUBSCRIBED', 'This connection is not a member of channel "%s"', 403),
   FST_SOCKET_LIMIT_EXCEEDED: createError('FST_SOCKET_LIMIT_EXCEEDED', 'Limit exceeded: %s', 429),
+  FST_SOCKET_RATE_LIMITED: createError('FST_SOCKET_RATE_LIMITED', 'Too many messages: slow down', 429),
   FST_SOCKET_HANDLER_FAILED: createError('FST_SOCKET_HANDLER_FAILED', 'The command handler failed', 500),
 
   // Server API misuse

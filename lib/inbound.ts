@@ -13,6 +13,8 @@ export interface InboundHost {
   leave (conn: Connection, channel: string): Promise<void>
   /** Sends one message to one connection and counts it; false when the connection can't take it. */
   reply (conn: Connection, message: OutboundMessage): boolean
+  /** `auth.refresh`: checks the new token and moves the connection's expiry. */
+  refresh (conn: Connection, param: unknown): Promise<unknown>
 }
 
 /**
@@ -39,6 +41,12 @@ export class Inbound {
     conn.messagesIn++
     conn.bytesIn += bytes.length
     this.messages++
+    const now = Date.now()
+    if (!conn.rate.take(now)) {
+      if (conn.refused.hit(now)) return conn.close(CloseCode.POLICY_VIOLATION, 'message rate limit exceeded')
+      this.#sendError(conn, conn.home, undefined, new errors.FST_SOCKET_RATE_LIMITED())
+      return
+    }
     if (isBinary) {
       if (plan.onBinary === undefined) return conn.close(CloseCode.UNSUPPORTED_DATA, 'binary frames are not accepted')
       void this.#binary(conn, plan.onBinary, bytes)
@@ -48,6 +56,7 @@ export class Inbound {
     try {
       message = decode(bytes.toString('utf8'), this.#options.maxDepth)
     } catch (err) {
+      if (conn.badFrames.hit(now)) return conn.close(CloseCode.POLICY_VIOLATION, 'too many malformed messages')
       this.#sendError(conn, conn.home, (err as DecodeError).ref, err)
       return
     }
@@ -92,6 +101,8 @@ export class Inbound {
       case 'unsubscribe':
         await this.#host.leave(conn, channel)
         return { channel }
+      case 'auth.refresh':
+        return await this.#host.refresh(conn, param)
     }
     if (!conn.channels.has(channel)) throw new errors.FST_SOCKET_NOT_SUBSCRIBED(channel)
     return await this.#commands.run(cmd, param, { connection: conn, channel, ref, log: conn.log })

@@ -38,6 +38,8 @@ export interface ForgeSocketOptions {
     query?: boolean
     /** Claims → profile. Default: the claims with `id` set from `sub` (a token without `sub` is refused). */
     profile?: ProfileMapper
+    /** ms after `exp` before an unrefreshed connection is closed with 4001. Default 5000. */
+    expiryGrace?: number
   }
   /** `'memory'` (default) or a Broker instance. */
   broker?: 'memory' | Broker
@@ -45,6 +47,12 @@ export interface ForgeSocketOptions {
   heartbeat?: { interval?: number, timeout?: number }
   sendBufferLimit?: number
   maxChannelsPerConnection?: number
+  /** Inbound frames per connection: a token bucket. Default 100/s, burst 200. */
+  rateLimit?: { perSecond?: number, burst?: number }
+  /** Malformed frames tolerated per window (ms) before 1008. Default 20 per 10000 ms. */
+  badFrames?: { max?: number, window?: number }
+  /** Open connections per client IP and per user; 0 = no limit (the default). */
+  connectionLimits?: { perIp?: number, perUser?: number }
   maxDepth?: number
   origins?: string[]
   shutdownTimeout?: number
@@ -104,6 +112,9 @@ export function resolveOptions (input: ForgeSocketOptions = {}): Readonly<Resolv
     ...data,
     auth: Object.freeze({ ...data.auth, profile }),
     heartbeat: Object.freeze(data.heartbeat),
+    rateLimit: Object.freeze(data.rateLimit),
+    badFrames: Object.freeze(data.badFrames),
+    connectionLimits: Object.freeze(data.connectionLimits),
     origins: data.origins === undefined ? undefined : Object.freeze([...data.origins]) as string[],
     broker: resolvedBroker,
     authorizeChannel: authorizeChannel ?? denyAll

@@ -11,8 +11,9 @@ import { CommandRegistry, type CommandDefinition } from './commands.js'
 import { Connection, ConnectionState, type ConnectionInfo, type Metadata } from './connection.js'
 import { Heartbeat } from './heartbeat.js'
 import { Inbound } from './inbound.js'
+import { ConnectionCounter } from './limits.js'
 import { PageState, currentPageState, runAct, type ActHandler, type ActOptions, type ActRouteOptions, type UpgradePlan, type UpgradeTicket } from './act.js'
-import { authenticate, checkOrigin, type VerifyOptions } from './auth.js'
+import { authenticate, checkOrigin, verifyToken, type VerifyOptions } from './auth.js'
 import type { BrokerMessage } from './broker/broker.js'
 import type { Profile, ResolvedOptions } from './options.js'
 import type { OutboundMessage, ServerMessageData } from '../schemas/envelope.js'
@@ -67,6 +68,8 @@ export class SocketService {
   readonly #openHooks: OpenHook[] = []
   readonly #closeHooks: CloseHook[] = []
   readonly #expiries = new Map<Connection, NodeJS.Timeout>()
+  readonly #perIp: ConnectionCounter
+  readonly #perUser: ConnectionCounter
   /** Close paths still leaving channels and running onClose hooks; shutdown waits for them. */
   readonly #closePaths = new Set<Promise<void>>()
   #closing = false
@@ -77,11 +80,14 @@ export class SocketService {
     this.#app = app
     this.#options = options
     this.#verifyOptions = verifyOptions
+    this.#perIp = new ConnectionCounter(options.connectionLimits.perIp)
+    this.#perUser = new ConnectionCounter(options.connectionLimits.perUser)
     this.#heartbeat = new Heartbeat(() => this.#connections.values(), options.heartbeat.interval, options.heartbeat.timeout)
     this.#inbound = new Inbound(options, this.#commands, {
       join: (conn, channel) => this.#join(conn, channel),
       leave: (conn, channel) => this.#leave(conn, channel),
-      reply: (conn, message) => this.#reply(conn, message)
+      reply: (conn, message) => this.#reply(conn, message),
+      refresh: (conn, param) => this.#refresh(conn, param)
     })
   }
 
@@ -112,6 +118,8 @@ export class SocketService {
         if (service.#closing) throw new errors.FST_SOCKET_SHUTTING_DOWN()
         checkOrigin(request, service.#options.origins)
         const { profile, payload } = await authenticate(this, request, service.#options.auth, required, service.#verifyOptions)
+        if (!service.#perIp.allows(request.ip)) throw new errors.FST_SOCKET_TOO_MANY_CONNECTIONS('IP address')
+        if (!service.#perUser.allows(profile?.id ?? null)) throw new errors.FST_SOCKET_TOO_MANY_CONNECTIONS('user')
         const ps = new PageState(name, request, profile, payload, options.onBinary)
         await runAct(ps, () => handler(this, ps))
         if (ps.plan === null) throw new errors.FST_SOCKET_NOT_UPGRADED(name);
@@ -330,6 +338,11 @@ export class SocketService {
   #accept (socket: WebSocket, plan: UpgradePlan): void {
     // An act handler that was still running when app.close() began: its upgrade completes, and is told to go.
     if (this.#closing) return socket.close(CloseCode.GOING_AWAY, 'server shutting down')
+    // Checked before the upgrade too (429); here again for upgrades that raced each other past that check.
+    const user = plan.profile?.id ?? null
+    if (!this.#perIp.allows(plan.ip) || !this.#perUser.allows(user)) return socket.close(CloseCode.TRY_AGAIN_LATER, 'too many connections')
+    this.#perIp.add(plan.ip)
+    this.#perUser.add(user)
     const id = randomUUID()
     const conn = new Connection({
       id,
@@ -337,8 +350,10 @@ export class SocketService {
       profile: plan.profile,
       metadata: plan.metadata,
       home: plan.channel,
+      ip: plan.ip,
       log: plan.logger.child({ connId: id }),
-      sendBufferLimit: this.#options.sendBufferLimit
+      sendBufferLimit: this.#options.sendBufferLimit,
+      limits: this.#options
     })
     // Listeners go on before any await, so frames that arrive while the connection is registered wait in
     // `pending` instead of being lost.
@@ -387,9 +402,12 @@ export class SocketService {
     for (const [data, isBinary] of pending.splice(0)) this.#inbound.handle(conn, plan, data, isBinary)
   }
 
+  /** Closes the connection with 4001 `auth.expiryGrace` ms after `exp`; a refresh re-arms it. */
   #armExpiry (conn: Connection, exp: unknown): void {
+    clearTimeout(this.#expiries.get(conn))
+    this.#expiries.delete(conn)
     if (typeof exp !== 'number') return
-    const delay = exp * 1000 - Date.now()
+    const delay = exp * 1000 + this.#options.auth.expiryGrace - Date.now()
     const timer = setTimeout(() => {
       if (delay > MAX_TIMER) return this.#armExpiry(conn, exp)
       conn.log.info('token expired: closing')
@@ -401,6 +419,8 @@ export class SocketService {
   async #closed (conn: Connection, code: number): Promise<void> {
     conn.state = ConnectionState.CLOSED
     this.#connections.delete(conn.id)
+    this.#perIp.remove(conn.ip)
+    this.#perUser.remove(conn.profileId)
     clearTimeout(this.#expiries.get(conn))
     this.#expiries.delete(conn)
     conn.log.debug({ code }, 'connection closed')
@@ -421,6 +441,34 @@ export class SocketService {
         conn.log.error({ err }, 'close hook failed')
       }
     }
+  }
+
+  /**
+   * `auth.refresh`: a fresh token for the same subject moves the connection's expiry. A bad token, or one for
+   * another subject, closes the connection with 4001.
+   */
+  async #refresh (conn: Connection, param: unknown): Promise<{ exp: number | null }> {
+    const token = (param as { token?: unknown } | null)?.token
+    if (typeof token !== 'string' || token.length === 0) throw new errors.FST_SOCKET_BAD_REQUEST('auth.refresh needs { token }')
+    if (conn.profile === null) throw new errors.FST_SOCKET_FORBIDDEN('an anonymous connection has no token to refresh')
+    // On failure the client gets the `error` first (it is sent as this call throws), then the 4001.
+    const refuse = (err: Error, reason: string): Error => {
+      setImmediate(() => conn.close(CloseCode.UNAUTHORIZED, reason))
+      return err
+    }
+    let verified: Awaited<ReturnType<typeof verifyToken>>
+    try {
+      verified = await verifyToken(this.#app, token, this.#options.auth, conn.log, this.#verifyOptions)
+    } catch (err) {
+      throw refuse(err as Error, 'refresh token refused')
+    }
+    if (verified.profile.id !== conn.profile.id) {
+      throw refuse(new errors.FST_SOCKET_TOKEN_INVALID('the token is for another subject'), 'refresh token for another subject')
+    }
+    const exp = typeof verified.payload.exp === 'number' ? verified.payload.exp : null
+    this.#armExpiry(conn, exp)
+    conn.log.debug('token refreshed')
+    return { exp }
   }
 
   /** Answers one connection (`ref` left undefined is dropped by the encoder). */

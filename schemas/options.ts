@@ -1,7 +1,7 @@
 import Type, { type Static } from 'typebox'
 
-/** Channel names: 1–255 characters of `[A-Za-z0-9_.:@/-]`. */
-export const CHANNEL_PATTERN = '^[A-Za-z0-9_.:@/-]{1,255}$'
+/** Channel names: 1–255 characters of `[A-Za-z0-9_.:@/-]`, never `..` (no path tricks in names users build from input). */
+export const CHANNEL_PATTERN = '^(?!.*\\.\\.)[A-Za-z0-9_.:@/-]{1,255}$'
 
 const Algorithm = Type.Union([
   Type.Literal('HS256'), Type.Literal('HS384'), Type.Literal('HS512'),
@@ -22,7 +22,9 @@ export const OptionsSchema = Type.Object({
   auth: Type.Object({
     algorithms: Type.Array(Algorithm, { minItems: 1, uniqueItems: true, default: ['HS256'] }),
     cookie: Type.Union([Type.String({ minLength: 1 }), Type.Literal(false)], { default: false }),
-    query: Type.Boolean({ default: false })
+    query: Type.Boolean({ default: false }),
+    /** ms after a token's `exp` before the connection is closed with 4001, unless refreshed in band. */
+    expiryGrace: Type.Integer({ minimum: 0, default: 5000 })
   }, { additionalProperties: false, default: {} }),
   maxPayload: Type.Integer({ minimum: 128, maximum: 104857600, default: 65536 }),
   heartbeat: Type.Object({
@@ -31,6 +33,18 @@ export const OptionsSchema = Type.Object({
   }, { additionalProperties: false, default: {} }),
   sendBufferLimit: Type.Integer({ minimum: 1024, default: 1048576 }),
   maxChannelsPerConnection: Type.Integer({ minimum: 1, default: 128 }),
+  rateLimit: Type.Object({
+    perSecond: Type.Integer({ minimum: 1, default: 100 }),
+    burst: Type.Integer({ minimum: 1, default: 200 })
+  }, { additionalProperties: false, default: {} }),
+  badFrames: Type.Object({
+    max: Type.Integer({ minimum: 1, default: 20 }),
+    window: Type.Integer({ minimum: 10, default: 10000 })
+  }, { additionalProperties: false, default: {} }),
+  connectionLimits: Type.Object({
+    perIp: Type.Integer({ minimum: 0, default: 0 }),
+    perUser: Type.Integer({ minimum: 0, default: 0 })
+  }, { additionalProperties: false, default: {} }),
   maxDepth: Type.Integer({ minimum: 1, maximum: 256, default: 32 }),
   origins: Type.Optional(Type.Array(Type.String({ minLength: 1 }), { minItems: 1 })),
   shutdownTimeout: Type.Integer({ minimum: 0, default: 5000 }),

@@ -376,7 +376,7 @@ t.test('neither a jwt option nor @fastify/jwt → FST_SOCKET_INVALID_OPTIONS', a
 t.test('a token that expires during the connection closes it with 4001', async (t) => {
   let serverSide: (code: number) => void = () => {}
   const serverClosed = new Promise<number>((resolve) => { serverSide = resolve })
-  const { app, base } = await start(t, {}, (app) => app.socket.onClose((_conn, code) => serverSide(code)))
+  const { app, base } = await start(t, { auth: { expiryGrace: 0 } }, (app) => app.socket.onClose((_conn, code) => serverSide(code)))
   // fast-jwt's exp is in seconds; +2 leaves at least one second to connect.
   const { client } = await connect(`${base}/ws/me`, sign({ sub: 'ann', exp: nowSeconds() + 2 }))
   t.equal(app.socket.connections().length, 1)

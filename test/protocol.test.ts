@@ -198,7 +198,6 @@ t.test('an unknown command gets FST_SOCKET_UNKNOWN_COMMAND, with the ref when on
   t.strictSame(await client.next('error'), error('FST_SOCKET_UNKNOWN_COMMAND', 'Unknown command "nope"'))
   // Server → client reserved names are not commands a client can send.
   t.strictSame(await client.request(HOME, 'connected', null, 'u2'), error('FST_SOCKET_UNKNOWN_COMMAND', 'Unknown command "connected"', 'u2'))
-  t.strictSame(await client.request(HOME, 'auth.refresh', { token: 'x' }, 'u3'), error('FST_SOCKET_UNKNOWN_COMMAND', 'Unknown command "auth.refresh"', 'u3'))
   await alive(t, client)
 })
 
@@ -427,12 +426,12 @@ t.test('subscribe and unsubscribe with authorizeChannel', async (t) => {
 
   t.test('an invalid channel name', async (t) => {
     t.strictSame(await client.request('bad name!', 'subscribe', null, 'a6'),
-      error('FST_SOCKET_INVALID_CHANNEL', 'Invalid channel name: "bad name!" (1–255 characters of A-Z a-z 0-9 _ . : @ / -)', 'a6', 'bad name!'))
+      error('FST_SOCKET_INVALID_CHANNEL', 'Invalid channel name: "bad name!" (1–255 characters of A-Z a-z 0-9 _ . : @ / -, no "..")', 'a6', 'bad name!'))
     t.strictSame(await client.request('', 'subscribe', null, 'a7'),
-      error('FST_SOCKET_INVALID_CHANNEL', 'Invalid channel name: "" (1–255 characters of A-Z a-z 0-9 _ . : @ / -)', 'a7', ''))
+      error('FST_SOCKET_INVALID_CHANNEL', 'Invalid channel name: "" (1–255 characters of A-Z a-z 0-9 _ . : @ / -, no "..")', 'a7', ''))
     const long = `public-${'x'.repeat(100)}!`
     t.strictSame(await client.request(long, 'subscribe', null, 'a8'),
-      error('FST_SOCKET_INVALID_CHANNEL', `Invalid channel name: "${long.slice(0, 40)}…" (1–255 characters of A-Z a-z 0-9 _ . : @ / -)`, 'a8', long))
+      error('FST_SOCKET_INVALID_CHANNEL', `Invalid channel name: "${long.slice(0, 40)}…" (1–255 characters of A-Z a-z 0-9 _ . : @ / -, no "..")`, 'a8', long))
     t.strictSame(asked.splice(0), [], 'the authorizer is not asked about an invalid name')
     await alive(t, client)
   })

@@ -3,6 +3,7 @@ import { closeAction } from './close-policy.js'
 import { DEFAULT_QUEUE, OutboundQueue, type DropReason, type Queued, type QueueOptions } from './queue.js'
 import {
   SocketError,
+  expiryOf,
   type ClientParam,
   type Message,
   type ServerParam,
@@ -42,6 +43,11 @@ export interface SocketOptions {
   heartbeat?: { interval?: number, timeout?: number } | false
   /** Default timeout of `request()`, in ms. Default 10000. */
   requestTimeout?: number
+  /**
+   * With a token provider: this many ms before the token's `exp`, the provider is asked for a fresh token, which
+   * goes to the server in band (`auth.refresh`) so the connection is not closed with 4001. Default 30000.
+   */
+  refreshBefore?: number
   onOpen?: () => void
   onMessage?: (message: Message) => void
   onError?: (error: SocketError) => void
@@ -115,6 +121,9 @@ export class Socket {
   #retryTimer: ReturnType<typeof setTimeout> | undefined
   #stableTimer: ReturnType<typeof setTimeout> | undefined
   #heartbeatTimer: ReturnType<typeof setInterval> | undefined
+  #refreshTimer: ReturnType<typeof setTimeout> | undefined
+  #currentToken: string | undefined
+  readonly #refreshBefore: number
 
   constructor (options: SocketOptions)
   constructor (debug: boolean, onOpen?: () => void, onMessage?: (message: Message) => void, onError?: (error: SocketError) => void, url?: string)
@@ -130,6 +139,7 @@ export class Socket {
     this.#resetAfter = (options.reconnect === false ? undefined : options.reconnect?.resetAfter) ?? 5000
     this.#heartbeat = options.heartbeat === false ? null : { interval: 25_000, timeout: 10_000, ...options.heartbeat }
     this.#requestTimeout = options.requestTimeout ?? 10_000
+    this.#refreshBefore = options.refreshBefore ?? 30_000
     this.#debug = options.debug ?? false
     this.#logger = options.logger ?? ((line) => console.debug(line))
     this.#onOpen = options.onOpen
@@ -260,6 +270,7 @@ export class Socket {
     let token: string | undefined
     try {
       token = typeof this.#token === 'function' ? await this.#token() : this.#token
+      this.#currentToken = token
     } catch (err) {
       this.#report(new SocketError('FST_SOCKET_TOKEN_PROVIDER', `The token provider failed: ${(err as Error).message}`))
       return this.#retry(false)
@@ -316,7 +327,6 @@ export class Socket {
   #opened (message: Message<ServerParam<'connected'>>): void {
     this.#connectionId = message.param.connectionId
     this.#home = message.channel
-    this.#tokenRefreshed = false
     // Queued messages go before the application hears of the open (state listeners included), so they keep their
     // place in line ahead of anything sent from onStateChange('open') or onOpen.
     const ws = this.#ws as WebSocketLike
@@ -324,8 +334,14 @@ export class Socket {
     if (items.length > 0) this.#log(`flush ${items.length} queued`)
     for (const item of items) ws.send(item.data)
     this.#setState('open')
-    this.#stableTimer = setTimeout(() => { this.#attempt = 0 }, this.#resetAfter)
+    // Only a connection that stayed up resets the backoff and the one token refresh: a server that closes every
+    // connection with 4001 right after `connected` must not get a reconnect loop without any delay.
+    this.#stableTimer = setTimeout(() => {
+      this.#attempt = 0
+      this.#tokenRefreshed = false
+    }, this.#resetAfter)
     this.#startHeartbeat()
+    this.#scheduleRefresh(this.#currentToken)
     this.#onOpen?.()
     this.#emit(message)
   }
@@ -335,6 +351,7 @@ export class Socket {
     this.#ws = null
     clearTimeout(this.#stableTimer)
     clearInterval(this.#heartbeatTimer)
+    clearTimeout(this.#refreshTimer)
     this.#log(`closed ${code}${reason.length > 0 ? ` ${reason}` : ''}`)
     this.#rejectAll(new SocketError('FST_SOCKET_CONNECTION_CLOSED', `The connection closed (${code}) before the answer came`, code))
     if (this.#state === 'closed') return
@@ -376,9 +393,34 @@ export class Socket {
     void this.#connect()
   }
 
+  /** With a provider and a token that has `exp`: refresh it in band `refreshBefore` ms ahead (at half-life if sooner). */
+  #scheduleRefresh (token: string | undefined): void {
+    clearTimeout(this.#refreshTimer)
+    if (typeof this.#token !== 'function' || token === undefined) return
+    const exp = expiryOf(token)
+    if (exp === null) return
+    const remaining = exp * 1000 - Date.now()
+    this.#refreshTimer = setTimeout(() => { void this.#refresh() }, Math.max(0, remaining - Math.min(this.#refreshBefore, remaining / 2)))
+  }
+
+  async #refresh (): Promise<void> {
+    try {
+      const token = await (this.#token as TokenProvider)()
+      await this.request(this.#home, 'auth.refresh', { token })
+      this.#currentToken = token
+      this.#log('token refreshed')
+      this.#scheduleRefresh(token)
+    } catch (err) {
+      // The server closes with 4001 at exp; the close policy then asks the provider once more.
+      this.#report(err instanceof SocketError ? err : new SocketError('FST_SOCKET_TOKEN_PROVIDER', `The token provider failed: ${(err as Error).message}`))
+    }
+  }
+
   #startHeartbeat (): void {
     if (this.#heartbeat === null) return
     const { interval, timeout } = this.#heartbeat
+    // Checked twice per period: checked only once, the ping after an answered one can go out just short of
+    // interval + timeout of silence, and a late tick then gives up on a server that answers every ping.
     this.#heartbeatTimer = setInterval(() => {
       const silent = Date.now() - this.#lastTraffic
       const ws = this.#ws
@@ -391,7 +433,7 @@ export class Socket {
       } else if (silent >= interval) {
         ws.send(JSON.stringify({ channel: this.#home, cmd: 'ping', param: null }))
       }
-    }, Math.min(interval, timeout))
+    }, Math.min(interval, timeout) / 2)
   }
 
   #stop (): void {
@@ -399,6 +441,7 @@ export class Socket {
     clearTimeout(this.#retryTimer)
     clearTimeout(this.#stableTimer)
     clearInterval(this.#heartbeatTimer)
+    clearTimeout(this.#refreshTimer)
     this.#retryTimer = undefined
     browser.removeEventListener?.('online', this.#online)
   }

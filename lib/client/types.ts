@@ -61,3 +61,18 @@ export class SocketError extends Error {
     this.closeCode = closeCode
   }
 }
+
+/**
+ * The `exp` claim of a JWT, read without verifying it (the server verifies; the client only needs to know when to
+ * refresh). Null when the token has none or is not a JWT.
+ */
+export function expiryOf (token: string): number | null {
+  const payload = token.split('.')[1]
+  if (payload === undefined) return null
+  try {
+    const claims = JSON.parse(atob(payload.replace(/-/g, '+').replace(/_/g, '/'))) as { exp?: unknown }
+    return typeof claims.exp === 'number' ? claims.exp : null
+  } catch {
+    return null
+  }
+}
