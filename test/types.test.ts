@@ -39,3 +39,36 @@ t.test('the public API is typed', async (t) => {
   client.close()
   await client.closed
 })
+
+declare module '../lib/client/types.js' {
+  interface ClientCommands { 'typed-note': { text: string } }
+  interface ServerCommands { 'typed-note': { from: string, text: string } }
+}
+
+t.test('the client checks declared command params on send and types them on `on`', async (t) => {
+  const app = await build()
+  t.after(() => app.close())
+  app.socket.command('typed-note', {
+    handler: (param, { channel, connection }) => {
+      app.socket.broadcast(channel, { cmd: 'typed-note', param: { from: connection.profileId, text: (param as { text: string }).text } })
+    }
+  })
+  app.get('/ws/:room', app.socket.act('typed', (_app, ps) => ps.upgrade(`room-${ps.requestString('room', true)}`)))
+  const base = await listen(app)
+  const { Socket } = await import('../lib/client/index.js')
+  const { default: WebSocket } = await import('ws')
+  const socket = new Socket({ url: `${base}/ws/a`, token: sign({ sub: 'ann' }), WebSocket })
+  t.after(() => socket.close())
+  const received = new Promise<string>((resolve) => {
+    socket.on('typed-note', (m) => {
+      const from: string = m.param.from
+      // @ts-expect-error the declared server param has no `nope`
+      void m.param.nope
+      resolve(`${from}: ${m.param.text}`)
+    })
+  })
+  // @ts-expect-error the declared client param needs `text: string`
+  if (socket.state === 'closed') socket.send('room-a', 'typed-note', { txt: 'hi' })
+  socket.send('room-a', 'typed-note', { text: 'hi' })
+  t.equal(await received, 'ann: hi')
+})
