@@ -72,8 +72,9 @@ export default plugin
 export { plugin as forgeSocket }
 export { errors, CloseCode, forbidden, badRequest } from './lib/errors.js'
 export { MemoryBroker, MemoryHub } from './lib/broker/memory.js'
+export { RedisBroker, type RedisBrokerOptions } from './lib/broker/redis.js'
 export { RESERVED_COMMANDS, SUBPROTOCOL } from './lib/protocol.js'
-export type { Broker, BrokerMessage } from './lib/broker/broker.js'
+export type { Broker, BrokerMessage, BrokerHealth, BrokerLogger } from './lib/broker/broker.js'
 export type { ForgeSocketOptions, ForgeSocketProfile, Profile, TokenPayload } from './lib/options.js'
 export type { SocketService, SocketStatus, ChannelInfo } from './lib/service.js'
 export type { Connection, ConnectionInfo, Metadata } from './lib/connection.js'

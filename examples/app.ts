@@ -30,6 +30,8 @@ const EVERYONE = 'notifications-all'
 
 export interface DemoOptions {
   secret?: string
+  /** A redis:// URL to run as one of several nodes; default `REDIS_URL`, else the in-memory broker. */
+  redisUrl?: string
   logger?: FastifyServerOptions['logger']
 }
 
@@ -43,8 +45,10 @@ export async function buildDemo (options: DemoOptions = {}): Promise<FastifyInst
     app.log.warn('JWT_SECRET is not set: signing tokens with the PUBLIC DEMO SECRET. Never run this outside development.')
   }
 
+  const redisUrl = options.redisUrl ?? process.env.REDIS_URL
   await app.register(forgeSocket, {
     jwt: { secret },
+    broker: redisUrl ?? 'memory',
     auth: {
       profile: (claims: TokenPayload): DemoProfile => {
         if (typeof claims.sub !== 'string') throw new errors.FST_SOCKET_TOKEN_INVALID('the token has no subject')

@@ -36,6 +36,8 @@ export const errors = {
   FST_SOCKET_RATE_LIMITED: createError('FST_SOCKET_RATE_LIMITED', 'Too many messages: slow down', 429),
   FST_SOCKET_HANDLER_FAILED: createError('FST_SOCKET_HANDLER_FAILED', 'The command handler failed', 500),
 
+  FST_SOCKET_BROKER_UNAVAILABLE: createError('FST_SOCKET_BROKER_UNAVAILABLE', 'The broker cannot reach the other nodes: %s', 503),
+
   // Server API misuse
   FST_SOCKET_INVALID_MESSAGE: createError('FST_SOCKET_INVALID_MESSAGE', 'Invalid outbound message: %s', 500),
   FST_SOCKET_INVALID_CLOSE_CODE: createError('FST_SOCKET_INVALID_CLOSE_CODE', 'Close code %s cannot be sent: use 1000, 1001, 1003, 1007-1011, 1013 or 4000-4999', 500)

@@ -4,6 +4,8 @@ import { OptionsSchema, type OptionsData } from '../schemas/options.js'
 import { errors } from './errors.js'
 import { isBroker, type Broker } from './broker/broker.js'
 import { MemoryBroker } from './broker/memory.js'
+import { RedisBroker } from './broker/redis.js'
+import { Redis, type RedisOptions } from 'ioredis'
 
 /** Claims of a verified token, as @fastify/jwt decodes them. */
 export type TokenPayload = Record<string, unknown>
@@ -41,8 +43,8 @@ export interface ForgeSocketOptions {
     /** ms after `exp` before an unrefreshed connection is closed with 4001. Default 5000. */
     expiryGrace?: number
   }
-  /** `'memory'` (default) or a Broker instance. */
-  broker?: 'memory' | Broker
+  /** `'memory'` (default), a `redis://` URL, ioredis options, an ioredis client, or a Broker instance. */
+  broker?: 'memory' | string | RedisOptions | Redis | Broker
   maxPayload?: number
   heartbeat?: { interval?: number, timeout?: number }
   sendBufferLimit?: number
@@ -77,6 +79,22 @@ function defaultProfile (payload: TokenPayload): Profile {
   return { ...payload, id: sub } as Profile
 }
 
+const BROKER_METHODS = ['start', 'publish', 'subscribe', 'unsubscribe', 'close']
+
+/** The `broker` option → the broker: memory, Redis (from a URL, options or a client), or the user's own. */
+function resolveBroker (broker: unknown): Broker {
+  if (broker === 'memory') return new MemoryBroker()
+  if (typeof broker === 'string' && /^rediss?:\/\//.test(broker)) return new RedisBroker({ redis: broker })
+  if (broker instanceof Redis) return new RedisBroker({ redis: broker })
+  if (isBroker(broker)) return broker
+  // Plain data (not a half-made Broker) is ioredis options.
+  if (typeof broker === 'object' && broker !== null && Object.getPrototypeOf(broker) === Object.prototype &&
+    !BROKER_METHODS.some((name) => name in broker)) {
+    return new RedisBroker({ redis: broker as RedisOptions })
+  }
+  throw new errors.FST_SOCKET_INVALID_OPTIONS('/broker must be "memory", a redis:// URL, ioredis options or client, or a Broker')
+}
+
 function denyAll (): boolean {
   return false
 }
@@ -103,10 +121,7 @@ export function resolveOptions (input: ForgeSocketOptions = {}): Readonly<Resolv
   if (authorizeChannel !== undefined && typeof authorizeChannel !== 'function') {
     throw new errors.FST_SOCKET_INVALID_OPTIONS('/authorizeChannel must be a function')
   }
-  let resolvedBroker: Broker
-  if (broker === 'memory') resolvedBroker = new MemoryBroker()
-  else if (isBroker(broker)) resolvedBroker = broker
-  else throw new errors.FST_SOCKET_INVALID_OPTIONS('/broker must be "memory" or a Broker instance')
+  const resolvedBroker = resolveBroker(broker)
 
   const resolved: ResolvedOptions = {
     ...data,

@@ -14,7 +14,7 @@ import { Inbound } from './inbound.js'
 import { ConnectionCounter } from './limits.js'
 import { PageState, currentPageState, runAct, type ActHandler, type ActOptions, type ActRouteOptions, type UpgradePlan, type UpgradeTicket } from './act.js'
 import { authenticate, checkOrigin, verifyToken, type VerifyOptions } from './auth.js'
-import type { BrokerMessage } from './broker/broker.js'
+import type { BrokerHealth, BrokerMessage } from './broker/broker.js'
 import type { Profile, ResolvedOptions } from './options.js'
 import type { OutboundMessage, ServerMessageData } from '../schemas/envelope.js'
 
@@ -36,6 +36,8 @@ export type CloseHook = (conn: Connection, code: number) => void | Promise<void>
 export interface SocketStatus {
   node: string
   closing: boolean
+  /** `degraded` while the broker can't reach the other nodes. */
+  broker: BrokerHealth
   connections: number
   channels: number
   messagesIn: number
@@ -93,7 +95,7 @@ export class SocketService {
 
   /** Starts the broker and the heartbeat. Called once by the plugin. */
   async start (): Promise<void> {
-    await this.#options.broker.start(this.nodeId, (message) => this.#fromBroker(message))
+    await this.#options.broker.start(this.nodeId, (message) => this.#fromBroker(message), this.#app.log.child({ broker: true }))
     this.#heartbeat.start()
   }
 
@@ -281,6 +283,7 @@ export class SocketService {
     return {
       node: this.nodeId,
       closing: this.#closing,
+      broker: this.#options.broker.health ?? 'ok',
       connections: this.#connections.size,
       channels: this.#channels.size,
       messagesIn: this.#inbound.messages,

@@ -124,7 +124,7 @@ t.test('invalid options are refused at register with FST_SOCKET_INVALID_OPTIONS 
     ['negative shutdownTimeout', { jwt, shutdownTimeout: -1 }, /\/shutdownTimeout/],
     ['maxDepth over 256', { jwt, maxDepth: 1000 }, /\/maxDepth/],
     ['presence not a boolean', { jwt, presence: 1 }, /\/presence/],
-    ['broker redis-nonsense', { jwt, broker: 'redis-nonsense' }, /\/broker must be "memory" or a Broker instance/],
+    ['broker redis-nonsense', { jwt, broker: 'redis-nonsense' }, /\/broker must be "memory", a redis:\/\/ URL/],
     ['broker null', { jwt, broker: null }, /\/broker/],
     ['broker object missing methods', { jwt, broker: { start () {}, publish () {} } }, /\/broker/],
     ['auth.profile not a function', { jwt, auth: { profile: 'sub' } }, /\/auth\/profile must be a function/],

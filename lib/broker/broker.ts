@@ -20,8 +20,8 @@ export type BrokerMessage =
  * await broker.start('node-a', (msg) => console.log(msg.type))
  */
 export interface Broker {
-  /** Starts delivering other nodes' messages to `deliver`. Called once, at register time. */
-  start (nodeId: string, deliver: (message: BrokerMessage) => void): Promise<void> | void
+  /** Starts delivering other nodes' messages to `deliver`; `log` is for trouble the broker meets later. Called once, at register time. */
+  start (nodeId: string, deliver: (message: BrokerMessage) => void, log: BrokerLogger): Promise<void> | void
   /** Sends a message to the other nodes. */
   publish (message: BrokerMessage): Promise<void> | void
   /** This node has its first local member in `channel`: start receiving the channel's messages. */
@@ -30,6 +30,17 @@ export interface Broker {
   unsubscribe (channel: string): Promise<void> | void
   /** Stops delivering and releases what the broker created. Called from the app's `onClose`. */
   close (): Promise<void> | void
+  /** `degraded` while the broker cannot reach the other nodes (local delivery goes on). Absent means always `ok`. */
+  readonly health?: BrokerHealth
+}
+
+/** `ok`, or `degraded` while other nodes can't be reached. */
+export type BrokerHealth = 'ok' | 'degraded'
+
+/** The logger a broker gets (the app's, as a child). */
+export interface BrokerLogger {
+  error (obj: object, msg: string): void
+  warn (obj: object, msg: string): void
 }
 
 /** Tells whether a value has the shape of a Broker (used to validate the `broker` option). */
