@@ -54,6 +54,10 @@ async function forgeSocket (app: FastifyInstance, input: ForgeSocketOptions): Pr
   await service.start()
 
   app.addHook('preClose', async () => {
+    // @fastify/websocket has removed its upgrade listener by now (its preClose runs first). Were ours left alone,
+    // an upgrade arriving during the drain would reach no one and hang, and hold app.close() with it; without any
+    // listener, Node hands it to Fastify as a plain request, refused with 503.
+    if (options.auth.query) app.server.removeListener('upgrade', stripQueryToken)
     await service.drain()
     app.websocketServer.close()
   })

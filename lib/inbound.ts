@@ -99,6 +99,7 @@ export class Inbound {
         if (this.#roomFor(conn, channel)) await this.#host.join(conn, channel)
         return { channel }
       case 'unsubscribe':
+        assertChannel(channel)
         await this.#host.leave(conn, channel)
         return { channel }
       case 'auth.refresh':

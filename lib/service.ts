@@ -469,6 +469,8 @@ export class SocketService {
       throw refuse(new errors.FST_SOCKET_TOKEN_INVALID('the token is for another subject'), 'refresh token for another subject')
     }
     const exp = typeof verified.payload.exp === 'number' ? verified.payload.exp : null
+    // It may have closed while the token was checked: a timer for it now would keep it alive for good.
+    if (conn.state === ConnectionState.CLOSED) return { exp }
     this.#armExpiry(conn, exp)
     conn.log.debug('token refreshed')
     return { exp }

@@ -291,7 +291,8 @@ export class Socket {
       return this.#retry(false)
     }
     this.#ws = ws
-    ws.onmessage = (event) => this.#frame(event.data)
+    // Frames from a socket this client has given up on (closed, or silent too long) are not delivered.
+    ws.onmessage = (event) => { if (ws === this.#ws) this.#frame(event.data) }
     ws.onclose = (event) => this.#closed(ws, event.code, event.reason)
     // The close event that follows says what happened; an error event alone carries nothing useful.
     ws.onerror = () => {}
@@ -332,8 +333,11 @@ export class Socket {
     const ws = this.#ws as WebSocketLike
     const items = this.#queue.drain()
     if (items.length > 0) this.#log(`flush ${items.length} queued`)
-    for (const item of items) ws.send(item.data)
+    // A request that timed out while queued was already answered "timeout": it must not run on the server later.
+    for (const item of items) if (item.ref === undefined || this.#pending.has(item.ref)) ws.send(item.data)
     this.#setState('open')
+    // A state listener may have closed the socket: then nothing more may start.
+    if (this.#state !== 'open') return
     // Only a connection that stayed up resets the backoff and the one token refresh: a server that closes every
     // connection with 4001 right after `connected` must not get a reconnect loop without any delay.
     this.#stableTimer = setTimeout(() => {
