@@ -2,6 +2,7 @@ import t, { type Test } from 'tap'
 import WebSocket from 'ws'
 import { Socket, type SocketState, type TokenProvider } from '../lib/client/index.js'
 import { demoLogin, freePort, startDemo, type DemoProcess } from './helpers/demo-process.js'
+import { inState } from './helpers/client-state.js'
 
 // The Node client against the real demo server (`node dist/examples/server.js`), killed and restarted on the same
 // port: the client reconnects and delivers what was sent while the server was down, in order, exactly once.
@@ -22,17 +23,6 @@ async function within<T> (promise: Promise<T>, what: string, ms = 10_000): Promi
   }
 }
 
-/** Resolves when `socket` is in `state`: at once if it already is, else at the transition. */
-function inState (socket: Socket, state: SocketState): Promise<void> {
-  if (socket.state === state) return Promise.resolve()
-  return new Promise((resolve) => {
-    const off = socket.onStateChange((now) => {
-      if (now !== state) return
-      off()
-      resolve()
-    })
-  })
-}
 
 interface ChatClient {
   socket: Socket

@@ -8,6 +8,7 @@ import WebSocket, { WebSocketServer } from 'ws'
 import type { ForgeSocketOptions } from '../plugin.js'
 import { Socket, SocketError, type Message, type SocketOptions, type SocketState } from '../lib/client/index.js'
 import { build, listen, sign } from './helpers/server.js'
+import { inState } from './helpers/client-state.js'
 
 // The client's Socket class in Node (with `ws`), against real forge-socket servers on port 0, and against a raw
 // `ws` server where the test needs a server that misbehaves.
@@ -120,17 +121,6 @@ function client (t: Test, options: Partial<SocketOptions> & { url: string }): Cl
   return { socket, errors, states, lines, opens }
 }
 
-/** Resolves when `socket` is in `state`: at once if it already is, else at the transition. */
-function inState (socket: Socket, state: SocketState): Promise<void> {
-  if (socket.state === state) return Promise.resolve()
-  return new Promise((resolve) => {
-    const off = socket.onStateChange((now) => {
-      if (now !== state) return
-      off()
-      resolve()
-    })
-  })
-}
 
 /** Resolves when `socket` has gone down and come back up (`open` → `reconnecting` → `open`). */
 async function reconnected (socket: Socket): Promise<void> {
