@@ -1,6 +1,6 @@
 import t, { type Test } from 'tap'
 import WebSocket from 'ws'
-import { Socket, type SocketState, type TokenProvider } from '../lib/client/index.js'
+import { Socket, type TokenProvider } from '../lib/client/index.js'
 import { demoLogin, freePort, startDemo, type DemoProcess } from './helpers/demo-process.js'
 import { inState } from './helpers/client-state.js'
 

@@ -6,7 +6,7 @@ import { setTimeout as sleep } from 'node:timers/promises'
 import type { FastifyInstance } from 'fastify'
 import WebSocket, { WebSocketServer } from 'ws'
 import type { ForgeSocketOptions } from '../plugin.js'
-import { Socket, SocketError, type Message, type SocketOptions, type SocketState } from '../lib/client/index.js'
+import { Socket, SocketError, type Message, type SocketOptions } from '../lib/client/index.js'
 import { build, listen, sign } from './helpers/server.js'
 import { inState } from './helpers/client-state.js'
 
