@@ -14,7 +14,7 @@ import { Inbound } from './inbound.js'
 import { ConnectionCounter } from './limits.js'
 import { PageState, currentPageState, runAct, type ActHandler, type ActOptions, type ActRouteOptions, type UpgradePlan, type UpgradeTicket } from './act.js'
 import { authenticate, checkOrigin, verifyToken, type VerifyOptions } from './auth.js'
-import type { BrokerHealth, BrokerMessage } from './broker/broker.js'
+import type { BrokerHealth, BrokerMessage, NodeCounts, NodeReport, PresenceChange, PresenceEntry } from './broker/broker.js'
 import type { Profile, ResolvedOptions } from './options.js'
 import type { OutboundMessage, ServerMessageData } from '../schemas/envelope.js'
 
@@ -32,14 +32,20 @@ const MAX_TIMER = 2 ** 31 - 1
 export type OpenHook = (conn: Connection) => void | Promise<void>
 export type CloseHook = (conn: Connection, code: number) => void | Promise<void>
 
-/** What `status()` reports. */
-export interface SocketStatus {
+/** What `status()` reports: this node's counts. */
+export interface SocketStatus extends NodeCounts {
   node: string
   closing: boolean
   /** `degraded` while the broker can't reach the other nodes. */
   broker: BrokerHealth
+}
+
+/** What `clusterStatus()` reports: every live node's last report, and their sums. */
+export interface ClusterStatus {
+  /** `degraded` while the broker can't reach the other nodes (`nodes` is then this node alone). */
+  broker: BrokerHealth
+  nodes: NodeReport[]
   connections: number
-  channels: number
   messagesIn: number
   messagesOut: number
 }
@@ -95,7 +101,13 @@ export class SocketService {
 
   /** Starts the broker and the heartbeat. Called once by the plugin. */
   async start (): Promise<void> {
-    await this.#options.broker.start(this.nodeId, (message) => this.#fromBroker(message), this.#app.log.child({ broker: true }))
+    await this.#options.broker.start({
+      nodeId: this.nodeId,
+      deliver: (message) => this.#fromBroker(message),
+      log: this.#app.log.child({ broker: true }),
+      counts: () => this.#counts(),
+      presence: () => this.#localPresence()
+    })
     this.#heartbeat.start()
   }
 
@@ -254,6 +266,20 @@ export class SocketService {
   }
 
   /**
+   * Closes every connection of a user (their profile id), on every node, with a close code (default 1000) and a
+   * reason. Returns how many were on this node.
+   *
+   * @example
+   * app.socket.disconnectUser('ann', 4000, 'signed out everywhere')
+   */
+  disconnectUser (user: string, code: number = CloseCode.NORMAL, reason = ''): number {
+    if (!isSendableCloseCode(code)) throw new errors.FST_SOCKET_INVALID_CLOSE_CODE(code)
+    const closed = this.#closeUser(user, code, reason)
+    this.#publish({ type: 'disconnect-user', origin: this.nodeId, user, code, reason })
+    return closed
+  }
+
+  /**
    * Registers the handler of an inbound command. The param is checked against `schema` (compiled once); the
    * handler's return value is sent as `reply` when the client set `ref`; a thrown error becomes an `error`
    * message and the connection stays open. Reserved or duplicate names throw at once.
@@ -280,14 +306,33 @@ export class SocketService {
 
   /** Counts for this node. */
   status (): SocketStatus {
+    return { node: this.nodeId, closing: this.#closing, broker: this.#options.broker.health ?? 'ok', ...this.#counts() }
+  }
+
+  /**
+   * Counts for every live node, as each last reported them (Redis: every `nodeTtl / 3`; this node's are current).
+   * While the broker is unreachable, or with a broker that has no cluster view, it reports this node alone.
+   *
+   * @example
+   * const { nodes, connections } = await app.socket.clusterStatus()
+   */
+  async clusterStatus (): Promise<ClusterStatus> {
+    const broker = this.#options.broker
+    let nodes: NodeReport[] = [{ node: this.nodeId, ...this.#counts(), at: Date.now() }]
+    if (broker.nodes !== undefined) {
+      try {
+        nodes = await broker.nodes()
+      } catch (err) {
+        this.#app.log.warn({ err }, 'cluster status: the other nodes could not be asked')
+      }
+    }
+    const total = (key: 'connections' | 'messagesIn' | 'messagesOut'): number => nodes.reduce((sum, node) => sum + node[key], 0)
     return {
-      node: this.nodeId,
-      closing: this.#closing,
-      broker: this.#options.broker.health ?? 'ok',
-      connections: this.#connections.size,
-      channels: this.#channels.size,
-      messagesIn: this.#inbound.messages,
-      messagesOut: this.#messagesOut
+      broker: broker.health ?? 'ok',
+      nodes,
+      connections: total('connections'),
+      messagesIn: total('messagesIn'),
+      messagesOut: total('messagesOut')
     }
   }
 
@@ -304,8 +349,21 @@ export class SocketService {
     return [...conns].map((conn) => conn.info())
   }
 
-  /** The users present in a channel on this node, with how many connections each has there. */
-  presence (channel: string): Array<{ user: string, connections: number }> {
+  /**
+   * The users present in a channel on every node, with how many connections each has there. With a broker that
+   * has no cluster view, this node's. Rejects with FST_SOCKET_BROKER_UNAVAILABLE while the broker is unreachable
+   * (`localPresence` still answers).
+   *
+   * @example
+   * const here = await app.socket.presence('chat-room-lobby')   // [{ user: 'ann', connections: 2 }]
+   */
+  async presence (channel: string): Promise<PresenceEntry[]> {
+    const broker = this.#options.broker
+    return broker.presence === undefined ? this.localPresence(channel) : await broker.presence(channel)
+  }
+
+  /** The users present in a channel on this node, with how many connections each has here. */
+  localPresence (channel: string): PresenceEntry[] {
     const users = this.#channels.get(channel)?.users ?? new Map<string, number>()
     return [...users].map(([user, connections]) => ({ user, connections }))
   }
@@ -430,13 +488,13 @@ export class SocketService {
     if (this.#connections.size === 0) this.#drained?.()
     // Each step fails alone: a broker error must not keep the connection in its other channels (a leak), and one
     // application hook must not stop the others.
-    for (const channel of [...conn.channels]) {
+    await Promise.all([...conn.channels].map(async (channel) => {
       try {
         await this.#leave(conn, channel)
       } catch (err) {
         conn.log.error({ err, channel }, 'leaving a channel failed')
       }
-    }
+    }))
     for (const hook of this.#closeHooks) {
       try {
         await hook(conn, code)
@@ -488,16 +546,18 @@ export class SocketService {
     if (conn.state === ConnectionState.CLOSED) return
     const change = this.#channels.join(conn, channel)
     if (change === null) return
-    this.#presence(conn, change, 'user-joined')
+    const announced = this.#announce(conn, change, 'user-joined')
     // Every member that joins while the node's subscription is under way waits for it; if it fails, each of them
     // leaves again (announced), so nobody sits in a channel whose other nodes' messages never arrive.
     if (change.firstOrLast) change.channel.subscribed = this.#subscribe(channel)
     try {
       await change.channel.subscribed
     } catch (err) {
+      await announced
       await this.#leave(conn, channel)
       throw err
     }
+    await announced
   }
 
   /** The broker subscription as a promise, whether the broker is synchronous, asynchronous, or throws. */
@@ -508,13 +568,55 @@ export class SocketService {
   async #leave (conn: Connection, channel: string): Promise<void> {
     const change = this.#channels.leave(conn, channel)
     if (change === null) return
-    this.#presence(conn, change, 'user-left')
+    const announced = this.#announce(conn, change, 'user-left')
     if (change.firstOrLast) await this.#options.broker.unsubscribe(channel)
+    await announced
   }
 
-  #presence (conn: Connection, change: MembershipChange, cmd: 'user-joined' | 'user-left'): void {
-    if (!this.#options.presence || !change.userFirstOrLast || conn.profileId === null) return
-    this.broadcast(change.channel.name, { cmd, param: { user: conn.profileId, connectionId: conn.id } }, { except: conn.id })
+  /**
+   * Records the user's connection count in the channel with the broker (presence on every node) and, when that
+   * made the user present somewhere for the first time or absent everywhere, tells the channel's other members.
+   * Without a cluster view, or while the broker is unreachable, this node's members decide. Never rejects.
+   */
+  async #announce (conn: Connection, change: MembershipChange, cmd: 'user-joined' | 'user-left'): Promise<void> {
+    const user = conn.profileId
+    if (user === null) return
+    const { name, users } = change.channel
+    const broker = this.#options.broker
+    let cluster: PresenceChange = change.userFirstOrLast ? (cmd === 'user-joined' ? 'joined' : 'left') : null
+    if (broker.setPresence !== undefined) {
+      try {
+        // The count is read now, before any await, so concurrent changes are recorded in the order they happened.
+        cluster = await broker.setPresence(name, user, users.get(user) ?? 0)
+      } catch (err) {
+        conn.log.warn({ err, channel: name }, 'presence not recorded with the broker: this node decides')
+      }
+    }
+    if (!this.#options.presence || cluster === null) return
+    this.broadcast(name, { cmd: cluster === 'joined' ? 'user-joined' : 'user-left', param: { user, connectionId: conn.id } }, { except: conn.id })
+  }
+
+  /** This node's counts. */
+  #counts (): NodeCounts {
+    return { connections: this.#connections.size, channels: this.#channels.size, messagesIn: this.#inbound.messages, messagesOut: this.#messagesOut }
+  }
+
+  /** Every `[channel, user, connections]` on this node. */
+  * #localPresence (): Iterable<[string, string, number]> {
+    for (const channel of this.#channels.all()) {
+      for (const [user, connections] of channel.users) yield [channel.name, user, connections]
+    }
+  }
+
+  /** Closes this node's connections of `user`; returns how many. */
+  #closeUser (user: string, code: number, reason: string): number {
+    let closed = 0
+    for (const conn of this.#connections.values()) {
+      if (conn.profileId !== user || conn.state >= ConnectionState.CLOSING) continue
+      conn.close(code, reason)
+      closed++
+    }
+    return closed
   }
 
   /** Writes a channel message to this node's members: one encoding, the same bytes for each. */
@@ -564,6 +666,18 @@ export class SocketService {
       }
       case 'disconnect':
         this.#connections.get(message.connectionId)?.close(message.code, message.reason)
+        return
+      case 'disconnect-user':
+        this.#closeUser(message.user, message.code, message.reason)
+        return
+      case 'node-presence':
+        // About this node itself (it was taken for dead while frozen): its members never saw anyone go.
+        if (message.node === this.nodeId) return
+        for (const [cmd, list] of [['user-joined', message.joined], ['user-left', message.left]] as const) {
+          for (const { channel, user } of list) {
+            if (this.#options.presence) this.#deliver(channel, { channel, cmd, param: { user, node: message.node } }, undefined)
+          }
+        }
     }
   }
 }

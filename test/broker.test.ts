@@ -1,6 +1,6 @@
 import t, { type Test } from 'tap'
 import Fastify, { type FastifyInstance } from 'fastify'
-import forgeSocket, { MemoryBroker, MemoryHub, type Broker, type BrokerMessage, type ForgeSocketOptions } from '../plugin.js'
+import forgeSocket, { MemoryBroker, MemoryHub, type Broker, type BrokerHost, type BrokerMessage, type ForgeSocketOptions } from '../plugin.js'
 import { build, listen, sign, connect, type Client, SECRET } from './helpers/server.js'
 import { LogSink } from './helpers/logs.js'
 
@@ -164,9 +164,12 @@ t.test('memory broker: two apps on one hub', async (t) => {
     broker.close()
     t.equal(hub.nodes.size, 0)
     const seen: BrokerMessage[] = []
-    broker.start('n1', (m) => seen.push(m))
+    broker.start({ nodeId: 'n1', deliver: (m) => seen.push(m), log: console, counts: () => ({ connections: 0, channels: 0, messagesIn: 0, messagesOut: 0 }), presence: () => [] })
+    t.equal(broker.setPresence('x', 'ann', 1), 'joined')
     broker.close()
+    t.same(hub.presence.size, 0, 'a node that closes takes its presence with it')
     broker.subscribe('x')
+    t.equal(broker.setPresence('x', 'ann', 1), null, 'after close, presence is not recorded')
     broker.close()
     t.equal(hub.nodes.size, 0, 'closing twice is harmless')
     t.same(seen, [])
@@ -185,9 +188,9 @@ class RecordingBroker implements Broker {
   /** Channels whose unsubscribe rejects. */
   readonly failingUnsubscribe = new Set<string>()
 
-  async start (nodeId: string, deliver: (message: BrokerMessage) => void): Promise<void> {
-    this.calls.push(['start', nodeId])
-    this.deliver = deliver
+  async start (host: BrokerHost): Promise<void> {
+    this.calls.push(['start', host.nodeId])
+    this.deliver = host.deliver
   }
 
   publish (message: BrokerMessage): Promise<void> | void {

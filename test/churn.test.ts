@@ -99,8 +99,8 @@ t.test('1,000 connect/subscribe/close cycles leave everything at its baseline', 
   t.match(app.socket.status(), { connections: 0, channels: 0 }, 'no connection and no channel left')
   t.strictSame(app.socket.channels(), [], 'channels() is empty')
   t.strictSame(app.socket.connections(), [], 'connections() is empty')
-  t.strictSame(app.socket.presence(HOME), [], `nobody present in ${HOME}`)
-  t.strictSame(app.socket.presence(EXTRA), [], `nobody present in ${EXTRA}`)
+  t.strictSame(await app.socket.presence(HOME), [], `nobody present in ${HOME}`)
+  t.strictSame(await app.socket.presence(EXTRA), [], `nobody present in ${EXTRA}`)
   // The heartbeat's check timer comes and goes with each ping round, so allow it; 1,000 leaked expiry timers wouldn't fit.
   const armed = armedTimers()
   t.ok(armed <= baseline.timers + 1, `timers at their baseline (${armed}, baseline ${baseline.timers})`)

@@ -284,7 +284,7 @@ t.test('connection limits are off by default: 10 connections of one user succeed
   const token = sign({ sub: 'ann' })
   const clients = await Promise.all(Array.from({ length: 10 }, () => connect(`${base}/ws/a`, token)))
   t.equal(app.socket.connections().length, 10)
-  t.equal(app.socket.presence('room-a')[0]?.connections, 10)
+  t.equal((await app.socket.presence('room-a'))[0]?.connections, 10)
   for (const { client } of clients) client.close()
 })
 

@@ -246,10 +246,10 @@ t.test('presence', async (t) => {
     t.strictSame(await bob.client.next('user-joined'), { channel: 'room-a', cmd: 'user-joined', param: { user: 'ann', connectionId: tab1.id } })
     await flush(app, 'room-a', tab1.client)
     t.same(received(tab1.client, 'user-joined'), [], 'the joiner is not told about itself')
-    t.same(app.socket.presence('room-a'), [{ user: 'bob', connections: 1 }, { user: 'ann', connections: 1 }])
+    t.same(await app.socket.presence('room-a'), [{ user: 'bob', connections: 1 }, { user: 'ann', connections: 1 }])
 
     const tab2 = await open('/ws/room/a', 'ann')
-    t.same(app.socket.presence('room-a'), [{ user: 'bob', connections: 1 }, { user: 'ann', connections: 2 }])
+    t.same(await app.socket.presence('room-a'), [{ user: 'bob', connections: 1 }, { user: 'ann', connections: 2 }])
     t.has(app.socket.channels(), [{ name: 'room-a', connections: 3, users: 2 }])
     await flush(app, 'room-a', bob.client)
     t.same(received(bob.client, 'user-joined'), [], 'the second tab is not announced')
@@ -258,14 +258,14 @@ t.test('presence', async (t) => {
 
     tab2.client.close()
     t.equal(await closedOnServer(tab2.id), 1000)
-    t.same(app.socket.presence('room-a'), [{ user: 'bob', connections: 1 }, { user: 'ann', connections: 1 }])
+    t.same(await app.socket.presence('room-a'), [{ user: 'bob', connections: 1 }, { user: 'ann', connections: 1 }])
     await flush(app, 'room-a', bob.client)
     t.same(received(bob.client, 'user-left'), [], 'closing one tab of two is not announced')
 
     tab1.client.close()
     await closedOnServer(tab1.id)
     t.strictSame(await bob.client.next('user-left'), { channel: 'room-a', cmd: 'user-left', param: { user: 'ann', connectionId: tab1.id } })
-    t.same(app.socket.presence('room-a'), [{ user: 'bob', connections: 1 }])
+    t.same(await app.socket.presence('room-a'), [{ user: 'bob', connections: 1 }])
   })
 
   t.test('presence: false sends no user-joined or user-left', async (t) => {
@@ -286,7 +286,7 @@ t.test('presence', async (t) => {
     const bob = await open('/ws/room/a', 'bob')
     const anon = await open('/ws/anon/a')
     t.equal(app.socket.connections().find((c) => c.id === anon.id)?.profileId, null)
-    t.same(app.socket.presence('room-a'), [{ user: 'bob', connections: 1 }])
+    t.same(await app.socket.presence('room-a'), [{ user: 'bob', connections: 1 }])
     t.has(app.socket.channels(), [{ name: 'room-a', connections: 2, users: 1 }])
     t.equal(app.socket.broadcast('room-a', { cmd: 'both' }), 2, 'the anonymous connection still gets broadcasts')
     await anon.client.next('both')
@@ -299,7 +299,7 @@ t.test('presence', async (t) => {
 
   t.test('presence of an unknown channel is empty', async (t) => {
     const { app } = await start(t)
-    t.same(app.socket.presence('room-nowhere'), [])
+    t.same(await app.socket.presence('room-nowhere'), [])
   })
 })
 
@@ -533,7 +533,7 @@ t.test('no leaks once every client is gone', async (t) => {
   for (const { id } of clients) await closedOnServer(id)
   t.same(app.socket.channels(), [])
   t.same(app.socket.connections(), [])
-  t.same(app.socket.presence('room-a'), [])
+  t.same(await app.socket.presence('room-a'), [])
   t.match(app.socket.status(), { connections: 0, channels: 0 })
 })
 

@@ -1,5 +1,11 @@
 import type { OutboundMessage } from '../../schemas/envelope.js'
 
+/** A user whose presence in a channel changed with their node (`node-presence`). */
+export interface Departure {
+  channel: string
+  user: string
+}
+
 /**
  * What one node tells the others. Every message carries the id of the node it came from, so a node never
  * delivers its own messages twice (its local members already got them without a broker round trip).
@@ -10,18 +16,63 @@ export type BrokerMessage =
   | { type: 'join', origin: string, connectionId: string, channel: string }
   | { type: 'leave', origin: string, connectionId: string, channel: string }
   | { type: 'disconnect', origin: string, connectionId: string, code: number, reason: string }
+  | { type: 'disconnect-user', origin: string, user: string, code: number, reason: string }
+  /**
+   * `node` stopped reporting and its users `left` (or it was back after all, and its users `joined` again): each
+   * node tells its members in those channels.
+   */
+  | { type: 'node-presence', origin: string, node: string, joined: Departure[], left: Departure[] }
+
+/** One user present in a channel, with how many connections they have in it (on every node). */
+export interface PresenceEntry {
+  user: string
+  connections: number
+}
+
+/** What a presence change did cluster-wide: the user's first connection anywhere, their last, or neither. */
+export type PresenceChange = 'joined' | 'left' | null
+
+/** A node's counts. */
+export interface NodeCounts {
+  connections: number
+  channels: number
+  messagesIn: number
+  messagesOut: number
+}
+
+/** A node's counts as it last reported them (`at`: epoch ms). */
+export interface NodeReport extends NodeCounts {
+  node: string
+  at: number
+}
+
+/** What the service gives its broker at start: its id, where other nodes' messages go, and its own state. */
+export interface BrokerHost {
+  readonly nodeId: string
+  /** Hands a message from another node to this node's connections. */
+  deliver: (message: BrokerMessage) => void
+  /** For trouble the broker meets later (the app's logger, as a child). */
+  readonly log: BrokerLogger
+  /** This node's counts now. */
+  counts: () => NodeCounts
+  /** Every `[channel, user, connections]` of this node: what a broker writes again after its store lost it. */
+  presence: () => Iterable<[channel: string, user: string, connections: number]>
+}
 
 /**
- * The scale-out engine behind `app.socket`. Implementations: `MemoryBroker` (one process, the default) and, for
- * several nodes, the Redis broker. Every method may be synchronous or return a promise.
+ * The scale-out engine behind `app.socket`. Implementations: `MemoryBroker` (one process, the default) and
+ * `RedisBroker` (several nodes). Every method may be synchronous or return a promise.
+ *
+ * The last three methods are the cluster view. A broker without them still carries messages; `presence(channel)`
+ * and `clusterStatus()` then report this node only, and presence events are decided by this node's members.
  *
  * @example
  * const broker: Broker = new MemoryBroker()
- * await broker.start('node-a', (msg) => console.log(msg.type))
+ * await broker.start({ nodeId: 'node-a', deliver: (msg) => console.log(msg.type), log: console, counts, presence })
  */
 export interface Broker {
-  /** Starts delivering other nodes' messages to `deliver`; `log` is for trouble the broker meets later. Called once, at register time. */
-  start (nodeId: string, deliver: (message: BrokerMessage) => void, log: BrokerLogger): Promise<void> | void
+  /** Starts delivering other nodes' messages to `host.deliver`. Called once, at register time. */
+  start (host: BrokerHost): Promise<void> | void
   /** Sends a message to the other nodes. */
   publish (message: BrokerMessage): Promise<void> | void
   /** This node has its first local member in `channel`: start receiving the channel's messages. */
@@ -32,6 +83,15 @@ export interface Broker {
   close (): Promise<void> | void
   /** `degraded` while the broker cannot reach the other nodes (local delivery goes on). Absent means always `ok`. */
   readonly health?: BrokerHealth
+  /**
+   * Records that `user` has `connections` connections in `channel` on this node (0: none), and says whether that
+   * made them present in the channel for the first time on any node (`joined`) or absent from every node (`left`).
+   */
+  setPresence? (channel: string, user: string, connections: number): Promise<PresenceChange> | PresenceChange
+  /** The users in `channel` on every live node. */
+  presence? (channel: string): Promise<PresenceEntry[]> | PresenceEntry[]
+  /** Every live node's last report (this node's own counts are current). */
+  nodes? (): Promise<NodeReport[]> | NodeReport[]
 }
 
 /** `ok`, or `degraded` while other nodes can't be reached. */

@@ -1,8 +1,9 @@
-import type { Broker, BrokerMessage } from './broker.js'
+import type { Broker, BrokerHost, BrokerMessage, NodeReport, PresenceChange, PresenceEntry } from './broker.js'
 
 interface Node {
   deliver: (message: BrokerMessage) => void
   channels: Set<string>
+  host: BrokerHost
 }
 
 /**
@@ -11,12 +12,14 @@ interface Node {
  */
 export class MemoryHub {
   readonly nodes = new Map<string, Node>()
+  /** channel → user → node → that user's connections in the channel on that node. */
+  readonly presence = new Map<string, Map<string, Map<string, number>>>()
 }
 
 /**
  * The embedded default broker: one process, no external service. Messages published by one node reach the other
  * nodes on the same `MemoryHub` synchronously, in the order they were published, and only where that node has
- * members in the channel.
+ * members in the channel. Presence and node counts are kept in the hub.
  *
  * @example
  * const hub = new MemoryHub()
@@ -31,9 +34,9 @@ export class MemoryBroker implements Broker {
     this.#hub = hub
   }
 
-  start (nodeId: string, deliver: (message: BrokerMessage) => void): void {
-    this.#nodeId = nodeId
-    this.#hub.nodes.set(nodeId, { deliver, channels: new Set() })
+  start (host: BrokerHost): void {
+    this.#nodeId = host.nodeId
+    this.#hub.nodes.set(host.nodeId, { deliver: host.deliver, channels: new Set(), host })
   }
 
   publish (message: BrokerMessage): void {
@@ -52,12 +55,50 @@ export class MemoryBroker implements Broker {
     this.#self()?.channels.delete(channel)
   }
 
+  setPresence (channel: string, user: string, connections: number): PresenceChange {
+    const self = this.#nodeId
+    if (self === null) return null
+    const users = this.#hub.presence.get(channel) ?? new Map<string, Map<string, number>>()
+    const nodes = users.get(user) ?? new Map<string, number>()
+    const before = nodes.size > 0
+    if (connections > 0) nodes.set(self, connections)
+    else nodes.delete(self)
+    const after = nodes.size > 0
+    // Nothing stays behind for a user or channel nobody is in.
+    if (after) users.set(user, nodes)
+    else users.delete(user)
+    if (users.size > 0) this.#hub.presence.set(channel, users)
+    else this.#hub.presence.delete(channel)
+    return before === after ? null : after ? 'joined' : 'left'
+  }
+
+  presence (channel: string): PresenceEntry[] {
+    const users = this.#hub.presence.get(channel) ?? new Map<string, Map<string, number>>()
+    return [...users].map(([user, nodes]) => ({ user, connections: sum(nodes.values()) }))
+  }
+
+  nodes (): NodeReport[] {
+    const at = Date.now()
+    return [...this.#hub.nodes].map(([node, { host }]) => ({ node, ...host.counts(), at }))
+  }
+
   close (): void {
-    if (this.#nodeId !== null) this.#hub.nodes.delete(this.#nodeId)
+    const self = this.#nodeId
+    if (self === null) return
+    this.#hub.nodes.delete(self)
+    for (const [channel, users] of this.#hub.presence) {
+      for (const user of [...users.keys()]) this.setPresence(channel, user, 0)
+    }
     this.#nodeId = null
   }
 
   #self (): Node | undefined {
     return this.#nodeId === null ? undefined : this.#hub.nodes.get(this.#nodeId)
   }
+}
+
+function sum (values: Iterable<number>): number {
+  let total = 0
+  for (const value of values) total += value
+  return total
 }

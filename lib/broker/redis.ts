@@ -1,22 +1,43 @@
 import { once } from 'node:events'
 import { Redis, type RedisOptions } from 'ioredis'
 import { errors } from '../errors.js'
-import type { Broker, BrokerHealth, BrokerLogger, BrokerMessage } from './broker.js'
+import type { Broker, BrokerHealth, BrokerHost, BrokerMessage, Departure, NodeReport, PresenceChange, PresenceEntry } from './broker.js'
+import { HEARTBEAT, REAP, SET_PRESENCE } from './redis-scripts.js'
 
 /** How the Redis broker is set up. */
 export interface RedisBrokerOptions {
   /** A `redis://` URL, ioredis options, or a client of yours (forge-socket then closes only what it created). */
   redis: string | RedisOptions | Redis
-  /** Prefix of every Redis channel the broker uses. Default `forge-socket:`. */
+  /** Prefix of every Redis key and channel the broker uses. Default `forge-socket:`. */
   prefix?: string
   /** ms a Redis command may take before it fails (a frozen Redis must not hold anything up). Default 1000. */
   commandTimeout?: number
+  /**
+   * ms after a node's last report that it counts as dead: the next node to look removes its members from presence
+   * and tells their channels `user-left`. Each node reports every `nodeTtl / 3`. Default 10000.
+   */
+  nodeTtl?: number
+}
+
+/** A removed node is remembered this long, so that if it was alive after all it announces its users again. */
+const REAPED_MEMORY = 24 * 60 * 60 * 1000
+
+/** The pub connection with the broker's Lua scripts defined on it. */
+interface ScriptedRedis extends Redis {
+  forgeSetPresence: (held: string, present: string, field: string, user: string, connections: number) => Promise<number>
+  forgeHeartbeat: (nodeKey: string, nodes: string, reaped: string, id: string, report: string, ttl: number) => Promise<[number, number]>
+  forgeReap: (nodes: string, prefix: string, remember: number) => Promise<string[]>
 }
 
 /**
- * Scale-out over Redis pub/sub (ioredis). Each forge-socket channel is a Redis channel (`<prefix>ch:<name>`),
- * subscribed while this node has members in it; messages for a connection, wherever it is, go on one control
- * channel every node subscribes to. One publishing connection keeps each node's messages to a channel in order.
+ * Scale-out over Redis (ioredis). Each forge-socket channel is a Redis pub/sub channel (`<prefix>ch:<name>`),
+ * subscribed while this node has members in it; messages for a connection or a user, wherever they are, go on one
+ * control channel every node subscribes to. One publishing connection keeps each node's messages in order.
+ *
+ * Presence and node counts live in Redis hashes, changed by Lua scripts (one atomic step each). Every node reports
+ * itself every `nodeTtl / 3`; a node whose report expired is removed by the next node to look, and its users'
+ * channels are told `user-left`. A node that finds its report gone (Redis restarted, or it was removed while
+ * frozen) writes its presence again.
  *
  * Publishing never queues: while Redis is unreachable a publish fails at once with FST_SOCKET_BROKER_UNAVAILABLE,
  * and a frozen Redis fails it after `commandTimeout`. Subscriptions come back by themselves when Redis does.
@@ -25,38 +46,45 @@ export interface RedisBrokerOptions {
  * await app.register(forgeSocket, { jwt, broker: new RedisBroker({ redis: 'redis://127.0.0.1:6379' }) })
  */
 export class RedisBroker implements Broker {
-  readonly #pub: Redis
+  readonly #pub: ScriptedRedis
   readonly #sub: Redis
-  /** The clients forge-socket created (and so closes). */
-  readonly #owned: Redis[] = []
   readonly #prefix: string
   readonly #control: string
-  #log: BrokerLogger | null = null
-  #deliver: ((message: BrokerMessage) => void) | null = null
+  readonly #nodeTtl: number
+  #host: BrokerHost | null = null
+  #timer: NodeJS.Timeout | null = null
+  #ticking: Promise<void> | null = null
+  /** A presence change failed: Redis may hold an old count until the next report writes them all again. */
+  #stale = false
 
   constructor (options: RedisBrokerOptions) {
     this.#prefix = options.prefix ?? 'forge-socket:'
     this.#control = `${this.#prefix}control`
+    this.#nodeTtl = options.nodeTtl ?? 10_000
     const commandTimeout = options.commandTimeout ?? 1000
     // Publishes fail fast while Redis is away (no offline queue); the subscriber keeps its queue, so a subscribe
-    // made during an outage is sent when Redis is back (and ioredis re-subscribes the rest by itself).
+    // made during an outage is sent when Redis is back (and ioredis re-subscribes the rest by itself). A client of
+    // the user's is only duplicated: its own settings (an offline queue, say) must not change how the broker fails.
     const pubOptions: RedisOptions = { lazyConnect: true, enableOfflineQueue: false, commandTimeout, maxRetriesPerRequest: 1 }
     const subOptions: RedisOptions = { lazyConnect: true, commandTimeout, maxRetriesPerRequest: null }
-    if (options.redis instanceof Redis) {
-      this.#pub = options.redis
-      this.#sub = options.redis.duplicate(subOptions)
-      this.#owned.push(this.#sub)
-    } else if (typeof options.redis === 'string') {
-      this.#pub = new Redis(options.redis, pubOptions)
-      this.#sub = new Redis(options.redis, subOptions)
-      this.#owned.push(this.#pub, this.#sub)
+    const redis = options.redis
+    if (redis instanceof Redis) {
+      this.#pub = redis.duplicate(pubOptions) as ScriptedRedis
+      this.#sub = redis.duplicate(subOptions)
+    } else if (typeof redis === 'string') {
+      this.#pub = new Redis(redis, pubOptions) as ScriptedRedis
+      this.#sub = new Redis(redis, subOptions)
     } else {
-      this.#pub = new Redis({ ...options.redis, ...pubOptions })
-      this.#sub = new Redis({ ...options.redis, ...subOptions })
-      this.#owned.push(this.#pub, this.#sub)
+      this.#pub = new Redis({ ...redis, ...pubOptions }) as ScriptedRedis
+      this.#sub = new Redis({ ...redis, ...subOptions })
     }
-    for (const client of this.#owned) client.on('error', this.#reportError)
+    this.#pub.defineCommand('forgeSetPresence', { numberOfKeys: 2, lua: SET_PRESENCE })
+    this.#pub.defineCommand('forgeHeartbeat', { numberOfKeys: 3, lua: HEARTBEAT })
+    this.#pub.defineCommand('forgeReap', { numberOfKeys: 1, lua: REAP })
+    for (const client of [this.#pub, this.#sub]) client.on('error', this.#reportError)
     this.#sub.on('message', this.#receive)
+    // Back after an outage: report at once (and write presence again if Redis lost it).
+    this.#pub.on('ready', () => { if (this.#host !== null) void this.#tick() })
   }
 
   /** `ok` while both connections are ready, `degraded` while either is not (local delivery goes on meanwhile). */
@@ -65,8 +93,9 @@ export class RedisBroker implements Broker {
   }
 
   /**
-   * Resolves once both connections are ready and the subscriber's queued subscriptions are in place (a PING
-   * answered on the subscriber comes after every SUBSCRIBE sent before it): from then on, cross-node delivery works.
+   * Resolves once both connections are ready, the subscriber's queued subscriptions are in place (a PING answered
+   * on the subscriber comes after every SUBSCRIBE sent before it) and this node has reported itself: from then on,
+   * cross-node delivery and presence work.
    *
    * @example
    * await broker.whenReady()   // after an outage
@@ -76,27 +105,24 @@ export class RedisBroker implements Broker {
       if (client.status !== 'ready') await once(client, 'ready')
     }))
     await this.#sub.ping()
+    await this.#tick()
   }
 
-  async start (_nodeId: string, deliver: (message: BrokerMessage) => void, log: BrokerLogger): Promise<void> {
-    this.#deliver = deliver
-    this.#log = log
-    await Promise.all(this.#owned.map(async (client) => { if (client.status === 'wait') await client.connect() }))
+  async start (host: BrokerHost): Promise<void> {
+    this.#host = host
+    await Promise.all([this.#pub, this.#sub].map(async (client) => { if (client.status === 'wait') await client.connect() }))
     await this.#sub.subscribe(this.#control)
+    await this.#tick()
+    this.#timer = setInterval(() => { void this.#tick() }, Math.max(1, Math.floor(this.#nodeTtl / 3))).unref()
   }
 
   async publish (message: BrokerMessage): Promise<void> {
-    if (this.#pub.status !== 'ready') throw new errors.FST_SOCKET_BROKER_UNAVAILABLE(`Redis is ${this.#pub.status}`)
-    const channel = message.type === 'channel' ? this.#key(message.channel) : this.#control
-    try {
-      await this.#pub.publish(channel, JSON.stringify(message))
-    } catch (err) {
-      throw new errors.FST_SOCKET_BROKER_UNAVAILABLE((err as Error).message)
-    }
+    const channel = message.type === 'channel' ? this.#key(`ch:${message.channel}`) : this.#control
+    await this.#command(() => this.#pub.publish(channel, JSON.stringify(message)))
   }
 
   async subscribe (channel: string): Promise<void> {
-    const subscribing = this.#sub.subscribe(this.#key(channel))
+    const subscribing = this.#sub.subscribe(this.#key(`ch:${channel}`))
     // While Redis is away the subscription waits in the subscriber's queue: the join goes on without it (local
     // members are served) and the subscription takes effect when Redis is back.
     if (this.#sub.status !== 'ready') {
@@ -108,16 +134,52 @@ export class RedisBroker implements Broker {
 
   async unsubscribe (channel: string): Promise<void> {
     if (this.#sub.status !== 'ready') {
-      this.#sub.unsubscribe(this.#key(channel)).catch(this.#reportError)
+      this.#sub.unsubscribe(this.#key(`ch:${channel}`)).catch(this.#reportError)
       return
     }
-    await this.#sub.unsubscribe(this.#key(channel))
+    await this.#sub.unsubscribe(this.#key(`ch:${channel}`))
+  }
+
+  async setPresence (channel: string, user: string, connections: number): Promise<PresenceChange> {
+    const node = this.#host?.nodeId ?? ''
+    try {
+      const change = await this.#command(() => this.#pub.forgeSetPresence(
+        this.#key(`node-presence:${node}`), this.#key(`presence:${channel}`), `${channel} ${user}`, user, connections))
+      return change === 1 ? 'joined' : change === -1 ? 'left' : null
+    } catch (err) {
+      this.#stale = true
+      throw err
+    }
+  }
+
+  async presence (channel: string): Promise<PresenceEntry[]> {
+    const users = await this.#command(() => this.#pub.hgetall(this.#key(`presence:${channel}`)))
+    return Object.entries(users).map(([user, connections]) => ({ user, connections: Number(connections) }))
+  }
+
+  async nodes (): Promise<NodeReport[]> {
+    const self = this.#host
+    const others = (await this.#command(() => this.#pub.smembers(this.#key('nodes')))).filter((id) => id !== self?.nodeId)
+    const reports = others.length === 0 ? [] : await this.#command(() => this.#pub.mget(others.map((id) => this.#key(`node:${id}`))))
+    const nodes: NodeReport[] = self === null ? [] : [{ node: self.nodeId, ...self.counts(), at: Date.now() }]
+    // A report that expired since SMEMBERS belongs to a node that is gone.
+    for (const report of reports) if (report !== null) nodes.push(JSON.parse(report) as NodeReport)
+    return nodes
   }
 
   async close (): Promise<void> {
-    this.#deliver = null
+    if (this.#timer !== null) clearInterval(this.#timer)
+    this.#timer = null
+    await this.#ticking
+    // A clean exit: this node's members have left already; take its report down and clear whatever is left of it
+    // (a presence change that failed during an outage) the way a dead node's is cleared.
+    const host = this.#host
+    if (host !== null && this.#pub.status === 'ready') {
+      await this.#pub.del(this.#key(`node:${host.nodeId}`)).then(() => this.#reap()).catch(this.#reportError)
+    }
+    this.#host = null
     this.#sub.off('message', this.#receive)
-    await Promise.all(this.#owned.map(async (client) => {
+    await Promise.all([this.#pub, this.#sub].map(async (client) => {
       client.off('error', this.#reportError)
       // quit() waits for Redis; a client that is not connected is just disconnected.
       if (client.status === 'ready') await client.quit().catch(() => client.disconnect())
@@ -125,8 +187,92 @@ export class RedisBroker implements Broker {
     }))
   }
 
-  #key (channel: string): string {
-    return `${this.#prefix}ch:${channel}`
+  /** A prefixed key or channel name. */
+  #key (name: string): string {
+    return `${this.#prefix}${name}`
+  }
+
+  /** Runs a command on the pub connection; while Redis is away it fails at once, and every failure is coded. */
+  async #command<T> (run: () => Promise<T>): Promise<T> {
+    if (this.#pub.status !== 'ready') throw new errors.FST_SOCKET_BROKER_UNAVAILABLE(`Redis is ${this.#pub.status}`)
+    try {
+      return await run()
+    } catch (err) {
+      throw new errors.FST_SOCKET_BROKER_UNAVAILABLE((err as Error).message)
+    }
+  }
+
+  /** Reports this node, then removes nodes whose reports expired. One at a time; failures are logged. */
+  #tick (): Promise<void> {
+    this.#ticking ??= this.#report().then(() => this.#reap()).catch(this.#reportError).finally(() => { this.#ticking = null })
+    return this.#ticking
+  }
+
+  async #report (): Promise<void> {
+    const host = this.#host
+    if (host === null) return
+    const report: NodeReport = { node: host.nodeId, ...host.counts(), at: Date.now() }
+    const [added, reaped] = await this.#command(() => this.#pub.forgeHeartbeat(
+      this.#key(`node:${host.nodeId}`), this.#key('nodes'), this.#key(`reaped:${host.nodeId}`), host.nodeId, JSON.stringify(report), this.#nodeTtl))
+    const stale = this.#stale
+    if (added === 0 && !stale) return
+    this.#stale = false
+    try {
+      await this.#rewritePresence(host, reaped === 1 || (stale && added === 0))
+    } catch (err) {
+      this.#stale = true
+      throw err
+    }
+  }
+
+  /**
+   * Makes this node's presence in Redis match its members again: after Redis lost it, after this node was removed
+   * as dead, or after a presence change failed (`#stale`). The changes are announced to the other nodes (not to
+   * this node's own members, who saw them happen) when they had been told otherwise: this node's users were
+   * reported gone, or changes made during an outage never reached them. After Redis merely lost its data, every
+   * user would look new, and nothing is announced.
+   */
+  async #rewritePresence (host: BrokerHost, announce: boolean): Promise<void> {
+    const heldKey = this.#key(`node-presence:${host.nodeId}`)
+    const held = await this.#command(() => this.#pub.hgetall(heldKey))
+    // Taken after the read, so a change made meanwhile is in it; later changes are sent after these.
+    const entries = [...host.presence()]
+    const present = new Set(entries.map(([channel, user]) => `${channel} ${user}`))
+    for (const field of Object.keys(held)) {
+      if (present.has(field)) continue
+      const space = field.indexOf(' ')
+      entries.push([field.slice(0, space), field.slice(space + 1), 0])
+    }
+    const changes = await Promise.all(entries.map(([channel, user, connections]) => this.setPresence(channel, user, connections)))
+    const joined: Departure[] = []
+    const left: Departure[] = []
+    changes.forEach((change, i) => {
+      const entry = entries[i]
+      if (change === null || entry === undefined) return
+      ;(change === 'joined' ? joined : left).push({ channel: entry[0], user: entry[1] })
+    })
+    if (announce && joined.length + left.length > 0) {
+      await this.publish({ type: 'node-presence', origin: host.nodeId, node: host.nodeId, joined, left })
+    }
+  }
+
+  /** Removes the nodes whose reports expired; their users' channels (here and on every node) are told who left. */
+  async #reap (): Promise<void> {
+    const host = this.#host
+    if (host === null) return
+    const flat = await this.#command(() => this.#pub.forgeReap(this.#key('nodes'), this.#prefix, REAPED_MEMORY))
+    const byNode = new Map<string, Departure[]>()
+    for (let i = 0; i + 2 < flat.length; i += 3) {
+      const node = flat[i] as string
+      const left = byNode.get(node) ?? []
+      left.push({ channel: flat[i + 1] as string, user: flat[i + 2] as string })
+      byNode.set(node, left)
+    }
+    for (const [node, left] of byNode) {
+      const message: BrokerMessage = { type: 'node-presence', origin: host.nodeId, node, joined: [], left }
+      host.deliver(message)
+      await this.publish(message)
+    }
   }
 
   readonly #receive = (_channel: string, payload: string): void => {
@@ -134,13 +280,13 @@ export class RedisBroker implements Broker {
     try {
       message = JSON.parse(payload) as BrokerMessage
     } catch (err) {
-      return this.#log?.error({ err }, 'unreadable message from Redis')
+      return this.#host?.log.error({ err }, 'unreadable message from Redis')
     }
-    this.#deliver?.(message)
+    this.#host?.deliver(message)
   }
 
   // ioredis reconnects by itself; every attempt that fails says so here.
   readonly #reportError = (err: Error): void => {
-    this.#log?.warn({ err: { message: err.message, code: (err as { code?: string }).code } }, 'redis broker: connection trouble')
+    this.#host?.log.warn({ err: { message: err.message, code: (err as { code?: string }).code } }, 'redis broker: connection trouble')
   }
 }
