@@ -3,7 +3,7 @@ import fastifyStatic from '@fastify/static'
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox'
 import Type from 'typebox'
 import { fileURLToPath } from 'node:url'
-import forgeSocket, { badRequest, errors, forbidden, type Profile, type TokenPayload } from '../plugin.js'
+import forgeSocket, { RedisBroker, badRequest, errors, forbidden, type Profile, type TokenPayload } from '../plugin.js'
 
 /**
  * The demo's profile. An application would merge `rooms` into `ForgeSocketProfile` (docs/server.md); the demo is
@@ -32,6 +32,8 @@ export interface DemoOptions {
   secret?: string
   /** A redis:// URL to run as one of several nodes; default `REDIS_URL`, else the in-memory broker. */
   redisUrl?: string
+  /** With Redis: ms after which a silent node counts as dead (its users leave); default `NODE_TTL`, else 10000. */
+  nodeTtl?: number
   logger?: FastifyServerOptions['logger']
 }
 
@@ -46,9 +48,10 @@ export async function buildDemo (options: DemoOptions = {}): Promise<FastifyInst
   }
 
   const redisUrl = options.redisUrl ?? process.env.REDIS_URL
+  const nodeTtl = options.nodeTtl ?? (process.env.NODE_TTL === undefined ? undefined : Number(process.env.NODE_TTL))
   await app.register(forgeSocket, {
     jwt: { secret },
-    broker: redisUrl ?? 'memory',
+    broker: redisUrl === undefined ? 'memory' : new RedisBroker({ redis: redisUrl, nodeTtl }),
     auth: {
       profile: (claims: TokenPayload): DemoProfile => {
         if (typeof claims.sub !== 'string') throw new errors.FST_SOCKET_TOKEN_INVALID('the token has no subject')

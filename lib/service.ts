@@ -646,6 +646,8 @@ export class SocketService {
   }
 
   #fromBroker (message: BrokerMessage): void {
+    // Its own messages, echoed back, were delivered here already; news about its own presence (it was taken for
+    // dead while frozen, and is back) is not for its members, who never saw anyone go.
     if (message.origin === this.nodeId) return
     switch (message.type) {
       case 'channel':
@@ -671,8 +673,6 @@ export class SocketService {
         this.#closeUser(message.user, message.code, message.reason)
         return
       case 'node-presence':
-        // About this node itself (it was taken for dead while frozen): its members never saw anyone go.
-        if (message.node === this.nodeId) return
         for (const [cmd, list] of [['user-joined', message.joined], ['user-left', message.left]] as const) {
           for (const { channel, user } of list) {
             if (this.#options.presence) this.#deliver(channel, { channel, cmd, param: { user, node: message.node } }, undefined)

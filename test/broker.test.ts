@@ -1,6 +1,7 @@
 import t, { type Test } from 'tap'
 import Fastify, { type FastifyInstance } from 'fastify'
 import forgeSocket, { MemoryBroker, MemoryHub, type Broker, type BrokerHost, type BrokerMessage, type ForgeSocketOptions } from '../plugin.js'
+import { flush } from './helpers/cluster.js'
 import { build, listen, sign, connect, type Client, SECRET } from './helpers/server.js'
 import { LogSink } from './helpers/logs.js'
 
@@ -22,15 +23,6 @@ async function join (base: string, roomName: string, user: string): Promise<{ cl
   return { client, id: (connected.param as { connectionId: string }).connectionId }
 }
 
-/**
- * Broadcasts a sentinel on `app` and waits for it on each client. Every node delivers in order on each connection,
- * so whatever `app` sent before the sentinel has arrived by then (used to check that something did NOT arrive).
- */
-async function flush (app: FastifyInstance, channel: string, ...clients: Client[]): Promise<void> {
-  const ref = Math.random().toString(36).slice(2)
-  app.socket.broadcast(channel, { cmd: 'sentinel', param: ref })
-  await Promise.all(clients.map((c) => c.next((m) => m.cmd === 'sentinel' && m.param === ref)))
-}
 
 /** Resolves with the id and close code once the server reports connection `id` closed (onClose hook). */
 function serverClose (app: FastifyInstance, id: string): Promise<{ id: string, code: number }> {

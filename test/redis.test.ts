@@ -3,13 +3,16 @@ import t, { type Test } from 'tap'
 import { Redis } from 'ioredis'
 import type { FastifyInstance } from 'fastify'
 import { RedisBroker } from '../plugin.js'
+import { flush, until } from './helpers/cluster.js'
 import { build, listen, sign, connect, type Client } from './helpers/server.js'
 import { RedisProcess, requireRedis } from './helpers/redis.js'
+import { buildDemo } from '../examples/app.js'
+import { demoLogin, freePort, startDemo } from './helpers/demo-process.js'
 
 if (requireRedis(t)) {
   /** One node: an app whose broker is a RedisBroker on `redis`, with a room route, listening. */
-  async function node (t: Test, redis: RedisProcess, commandTimeout = 1000): Promise<{ app: FastifyInstance, base: string, broker: RedisBroker }> {
-    const broker = new RedisBroker({ redis: redis.url, commandTimeout })
+  async function node (t: Test, redis: RedisProcess, commandTimeout = 1000, nodeTtl = 600): Promise<{ app: FastifyInstance, base: string, broker: RedisBroker }> {
+    const broker = new RedisBroker({ redis: redis.url, commandTimeout, nodeTtl })
     const app = await build({ broker }, (app) => {
       app.get('/ws/:room', app.socket.act('room', (app, ps) => ps.upgrade(`room-${ps.requestString('room', true)}`)))
       app.socket.command('say', { handler: (param, { channel }) => { app.socket.broadcast(channel, { cmd: 'said', param }) } })
@@ -18,13 +21,6 @@ if (requireRedis(t)) {
     return { app, base: await listen(app), broker }
   }
 
-  /** Waits for a condition another node makes true, checking once per event-loop turn (bounded). */
-  async function until (condition: () => boolean): Promise<void> {
-    for (let turns = 0; !condition(); turns++) {
-      if (turns > 100_000) throw new Error('condition never became true')
-      await new Promise((resolve) => setImmediate(resolve))
-    }
-  }
 
   async function join (base: string, room: string, user: string): Promise<{ client: Client, id: string }> {
     const { client, connected } = await connect(`${base}/ws/${room}`, sign({ sub: user }))
@@ -32,48 +28,6 @@ if (requireRedis(t)) {
     await client.request(`room-${room}`, 'ping', null)
     return { client, id: (connected.param as { connectionId: string }).connectionId }
   }
-
-  t.test('two nodes on one Redis: chat, direct messages, joins, leaves and disconnects cross over, exactly once', async (t) => {
-    const redis = await RedisProcess.start(t)
-    const a = await node(t, redis)
-    const b = await node(t, redis)
-    const ann = await join(a.base, 'lobby', 'ann')
-    const bob = await join(b.base, 'lobby', 'bob')
-    t.same((await ann.client.next('user-joined')).param, { user: 'bob', connectionId: bob.id }, 'presence crosses nodes')
-
-    bob.client.send({ channel: 'room-lobby', cmd: 'say', param: 'hi from B' })
-    t.match(await ann.client.next('said'), { channel: 'room-lobby', param: 'hi from B' }, 'a chat message sent on B reaches A')
-    t.match(await bob.client.next('said'), { param: 'hi from B' }, 'and B itself')
-    a.app.socket.broadcast('room-lobby', { cmd: 'marker' })
-    await Promise.all([ann.client.next('marker'), bob.client.next('marker')])
-    t.notOk([...ann.client.messages, ...bob.client.messages].some((m) => m.cmd === 'said'), 'no second copy anywhere')
-
-    t.equal(a.app.socket.sendToConnection(bob.id, { cmd: 'direct', param: 1 }), false, 'not local to A')
-    t.match(await bob.client.next('direct'), { channel: 'room-lobby', param: 1 })
-    t.equal(await a.app.socket.join(bob.id, 'extra'), false)
-    // A join by id for another node resolves once it is published; B then joins and subscribes.
-    await until(() => b.app.socket.connections('extra').length === 1)
-    await b.broker.whenReady()
-    a.app.socket.broadcast('extra', { cmd: 'in-extra' })
-    t.match(await bob.client.next('in-extra'), { channel: 'extra' }, 'a join by id on A took effect on B')
-    await a.app.socket.leave(bob.id, 'extra')
-    t.equal(a.app.socket.disconnect(bob.id, 4000, 'bye from A'), false)
-    t.same(await bob.client.closed, { code: 4000, reason: 'bye from A' }, 'disconnect by id reaches B')
-    ann.client.close()
-  })
-
-  t.test('messages one node publishes to a channel arrive in the order published', async (t) => {
-    const redis = await RedisProcess.start(t)
-    const a = await node(t, redis)
-    const b = await node(t, redis)
-    const bob = await join(b.base, 'lobby', 'bob')
-    // A has no member in room-lobby: every message reaches bob through Redis.
-    for (let i = 0; i < 300; i++) a.app.socket.broadcast('room-lobby', { cmd: 'n', param: i })
-    const got: number[] = []
-    for (let i = 0; i < 300; i++) got.push((await bob.client.next('n')).param as number)
-    t.same(got, Array.from({ length: 300 }, (_, i) => i))
-    bob.client.close()
-  })
 
   t.test('Redis killed: local delivery goes on, publishes fail fast and coded, health is degraded; after a restart delivery resumes', async (t) => {
     const redis = await RedisProcess.start(t)
@@ -85,6 +39,7 @@ if (requireRedis(t)) {
     t.equal(a.app.socket.status().broker, 'ok')
 
     await redis.kill()
+    for (const c of [ann, carl, bob]) c.client.messages.length = 0
     await t.rejects(a.broker.publish({ type: 'channel', origin: 'test', channel: 'x', message: { channel: 'x', cmd: 'y', param: null } }),
       { code: 'FST_SOCKET_BROKER_UNAVAILABLE' }, 'a publish fails at once with a code')
     // Each client notices the lost connection on its own; health follows.
@@ -102,6 +57,11 @@ if (requireRedis(t)) {
     t.match(await bob.client.next('after'), { param: 2 }, 'cross-node delivery resumed')
     b.app.socket.broadcast('room-other', { cmd: 'to-dan' })
     t.match(await dan.client.next('to-dan'), { channel: 'room-other' }, 'and the subscription made during the outage is in place')
+    const users = (await b.app.socket.presence('room-lobby')).map((p) => p.user).sort()
+    t.same(users, ['ann', 'bob', 'carl'], 'the restarted Redis knows every node\'s presence again')
+    t.same((await b.app.socket.presence('room-other')).map((p) => p.user), ['dan'], 'including joins made during the outage')
+    await flush(b.app, 'room-lobby', ann.client, bob.client)
+    t.notOk([...ann.client.messages, ...bob.client.messages].some((m) => m.cmd === 'user-joined'), 'and announces no one anew')
     for (const c of [ann, carl, bob, dan]) c.client.close()
   })
 
@@ -110,7 +70,9 @@ if (requireRedis(t)) {
     const a = await node(t, redis, 200)
     const b = await node(t, redis, 200)
     const ann = await join(a.base, 'lobby', 'ann')
+    const carl = await join(a.base, 'lobby', 'carl')
     const bob = await join(b.base, 'lobby', 'bob')
+    await ann.client.next((m) => m.cmd === 'user-joined' && (m.param as { user: string }).user === 'bob')
     redis.freeze()
     let ticks = 0
     const ticker = setInterval(() => { ticks++ }, 10)
@@ -118,13 +80,22 @@ if (requireRedis(t)) {
       { code: 'FST_SOCKET_BROKER_UNAVAILABLE' })
     clearInterval(ticker)
     t.ok(ticks > 0, 'timers kept running while the publish waited')
-    t.equal(a.app.socket.broadcast('room-lobby', { cmd: 'local' }), 1)
+    t.equal(a.app.socket.broadcast('room-lobby', { cmd: 'local' }), 2)
     await ann.client.next('local')
+    carl.client.close()
+    t.same((await ann.client.next('user-left')).param, { user: 'carl', connectionId: carl.id }, 'a leave during the freeze is announced on its node')
     redis.thaw()
     await Promise.all([a.broker.whenReady(), b.broker.whenReady()])
     a.app.socket.broadcast('room-lobby', { cmd: 'after' })
     await bob.client.next('after')
     t.pass('cross-node delivery works again')
+    // The commands that timed out were sent: Redis runs them when it wakes (the outcome of a timed-out command is
+    // unknown). Either they did, or A's next report finds its presence stale and announces the difference.
+    t.match((await bob.client.next('user-left')).param, { user: 'carl' }, 'and, once Redis answers, to the other nodes')
+    t.same((await a.app.socket.presence('room-lobby')).map((p) => p.user).sort(), ['ann', 'bob'], 'presence in Redis is right again')
+    await a.broker.whenReady()
+    await flush(a.app, 'room-lobby', ann.client, bob.client)
+    t.equal([...ann.client.messages, ...bob.client.messages].filter((m) => m.cmd === 'user-left').length, 0, 'no one is told twice')
     ann.client.close()
     bob.client.close()
   })
@@ -138,11 +109,16 @@ if (requireRedis(t)) {
     const ann = await join(a.base, 'lobby', 'ann')
     const baseline = (await admin.pubsub('CHANNELS', 'forge-socket:*') as string[]).sort()
     t.same(baseline, ['forge-socket:ch:room-lobby', 'forge-socket:control'])
+    const id = a.app.socket.nodeId
+    const keys = ['forge-socket:nodes', `forge-socket:node:${id}`, `forge-socket:node-presence:${id}`, 'forge-socket:presence:room-lobby']
+    t.same((await admin.keys('forge-socket:*')).sort(), keys.sort(), 'the keys: node list, node report, presence')
     for (let i = 0; i < 1000; i++) {
       await a.app.socket.join(ann.id, `cycle-${i % 10}`)
       await a.app.socket.leave(ann.id, `cycle-${i % 10}`)
     }
     t.same((await admin.pubsub('CHANNELS', 'forge-socket:*') as string[]).sort(), baseline)
+    t.same((await admin.keys('forge-socket:*')).sort(), keys.sort(), 'no key left behind')
+    t.same(await admin.hgetall(`forge-socket:node-presence:${id}`), { 'room-lobby ann': '1' })
     ann.client.close()
   })
 
@@ -162,4 +138,72 @@ if (requireRedis(t)) {
     }
     t.equal(own.status, 'ready', 'the app\'s own client is left open')
   })
+
+  const SECRET = 'cluster-test-secret-that-is-long-enough'
+  const NODE_TTL = 600
+
+  /**
+   * Node A is the demo in this process; node B is the demo in a process of its own (so it can really die or
+   * freeze). Both on `redis`, reporting every NODE_TTL / 3. Ann is on A, bob and carl on B, all in the lobby.
+   */
+  async function twoDemoNodes (t: Test, redis: RedisProcess) {
+    const a = await buildDemo({ redisUrl: redis.url, nodeTtl: NODE_TTL, secret: SECRET })
+    t.after(() => a.close())
+    const aUrl = await a.listen({ port: 0, host: '127.0.0.1' })
+    const b = await startDemo({ port: await freePort(), secret: SECRET, env: { REDIS_URL: redis.url, NODE_TTL: String(NODE_TTL) } })
+    t.after(() => b.kill())
+    const enter = async (base: string, name: string): Promise<Client> => {
+      const { client } = await connect(`${base.replace(/^http/, 'ws')}/ws/chat/lobby`, await demoLogin(base, name))
+      await client.request('chat-room-lobby', 'ping', null)
+      return client
+    }
+    const ann = await enter(aUrl, 'ann')
+    const bob = await enter(b.url, 'bob')
+    const carl = await enter(b.url, 'carl')
+    await ann.next((m) => m.cmd === 'user-joined' && (m.param as { user: string }).user === 'carl')
+    // Everyone has heard of everyone (B published bob's arrival before carl's): the tests start from a clean slate.
+    for (const client of [ann, bob, carl]) client.messages.length = 0
+    const bNode = (await a.socket.clusterStatus()).nodes.find((n) => n.node !== a.socket.nodeId)?.node
+    return { a, b, ann, bob, carl, bNode }
+  }
+
+  /** The users of the user-left (or user-joined) messages a client has, in order. */
+  async function nextUsers (client: Client, cmd: string, count: number): Promise<Array<{ user: string, node?: string }>> {
+    const got: Array<{ user: string, node?: string }> = []
+    for (let i = 0; i < count; i++) got.push((await client.next(cmd)).param as { user: string, node?: string })
+    return got.sort((x, y) => x.user.localeCompare(y.user))
+  }
+
+  t.test('a node that dies: within 4/3 of nodeTtl its users leave presence and the other nodes tell their members', async (t) => {
+    const redis = await RedisProcess.start(t)
+    const { a, b, ann, bNode } = await twoDemoNodes(t, redis)
+    await until(async () => (await a.socket.clusterStatus()).connections === 3)
+    t.pass('clusterStatus counts both nodes\' connections')
+    const died = Date.now()
+    await b.kill('SIGKILL')
+    t.same(await nextUsers(ann, 'user-left', 2), [{ user: 'bob', node: bNode }, { user: 'carl', node: bNode }], 'ann is told who left with B')
+    const elapsed = Date.now() - died
+    t.ok(elapsed < NODE_TTL * 4 / 3 + 1000, `removed ${elapsed} ms after the kill (bound: 4/3 × nodeTtl = ${NODE_TTL * 4 / 3} ms, and the time to tell)`)
+    t.same(await a.socket.presence('chat-room-lobby'), [{ user: 'ann', connections: 1 }], 'presence lists A\'s user only')
+    t.same((await a.socket.clusterStatus()).nodes.map((n) => n.node), [a.socket.nodeId], 'and the cluster is A alone')
+    ann.close()
+  })
+
+  t.test('a node frozen past nodeTtl is taken for dead; when it wakes, its users are announced again', async (t) => {
+    const redis = await RedisProcess.start(t)
+    const { a, b, ann, bob, carl, bNode } = await twoDemoNodes(t, redis)
+    process.kill(b.pid, 'SIGSTOP')
+    t.same(await nextUsers(ann, 'user-left', 2), [{ user: 'bob', node: bNode }, { user: 'carl', node: bNode }], 'taken for dead')
+    // Told to B's subscriber before this (A published both), so B has seen its own removal by the time it delivers it.
+    a.socket.broadcast('chat-room-lobby', { cmd: 'while-frozen' })
+    process.kill(b.pid, 'SIGCONT')
+    t.same(await nextUsers(ann, 'user-joined', 2), [{ user: 'bob', node: bNode }, { user: 'carl', node: bNode }], 'back')
+    t.same((await a.socket.presence('chat-room-lobby')).map((p) => p.user).sort(), ['ann', 'bob', 'carl'])
+    await Promise.all([bob.next('while-frozen'), carl.next('while-frozen')])
+    await flush(a, 'chat-room-lobby', bob, carl)
+    t.notOk([...bob.messages, ...carl.messages].some((m) => m.cmd === 'user-left' || m.cmd === 'user-joined'),
+      'B\'s own members never saw each other go')
+    for (const c of [ann, bob, carl]) c.close()
+  })
+
 }

@@ -19,7 +19,7 @@ export type BrokerMessage =
   | { type: 'disconnect-user', origin: string, user: string, code: number, reason: string }
   /**
    * `node` stopped reporting and its users `left` (or it was back after all, and its users `joined` again): each
-   * node tells its members in those channels.
+   * node tells its members in those channels. Its origin is `node`, whichever node found out.
    */
   | { type: 'node-presence', origin: string, node: string, joined: Departure[], left: Departure[] }
 

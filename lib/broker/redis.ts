@@ -62,6 +62,9 @@ export class RedisBroker implements Broker {
     this.#control = `${this.#prefix}control`
     this.#nodeTtl = options.nodeTtl ?? 10_000
     const commandTimeout = options.commandTimeout ?? 1000
+    for (const [name, value, min] of [['nodeTtl', this.#nodeTtl, 30], ['commandTimeout', commandTimeout, 1]] as const) {
+      if (!Number.isInteger(value) || value < min) throw new errors.FST_SOCKET_INVALID_OPTIONS(`RedisBroker ${name} must be an integer of at least ${min} ms (got ${value})`)
+    }
     // Publishes fail fast while Redis is away (no offline queue); the subscriber keeps its queue, so a subscribe
     // made during an outage is sent when Redis is back (and ioredis re-subscribes the rest by itself). A client of
     // the user's is only duplicated: its own settings (an offline queue, say) must not change how the broker fails.
@@ -105,6 +108,8 @@ export class RedisBroker implements Broker {
       if (client.status !== 'ready') await once(client, 'ready')
     }))
     await this.#sub.ping()
+    // A report begun while Redis was away may have failed: make one that starts now.
+    await this.#ticking
     await this.#tick()
   }
 
@@ -256,7 +261,7 @@ export class RedisBroker implements Broker {
     }
   }
 
-  /** Removes the nodes whose reports expired; their users' channels (here and on every node) are told who left. */
+  /** Removes the nodes whose reports expired; their users' channels, on every node, are told who left. */
   async #reap (): Promise<void> {
     const host = this.#host
     if (host === null) return
@@ -268,11 +273,8 @@ export class RedisBroker implements Broker {
       left.push({ channel: flat[i + 1] as string, user: flat[i + 2] as string })
       byNode.set(node, left)
     }
-    for (const [node, left] of byNode) {
-      const message: BrokerMessage = { type: 'node-presence', origin: host.nodeId, node, joined: [], left }
-      host.deliver(message)
-      await this.publish(message)
-    }
+    // Sent as if from the dead node: every node, this one included, gets it once, through Redis.
+    for (const [node, left] of byNode) await this.publish({ type: 'node-presence', origin: node, node, joined: [], left })
   }
 
   readonly #receive = (_channel: string, payload: string): void => {

@@ -38,6 +38,8 @@ export interface DemoStartOptions {
   logLevel?: 'trace' | 'debug' | 'info'
   /** How long to wait for the "Server listening" line before giving up, in ms. Default 15000. */
   startTimeout?: number
+  /** More environment for the demo (REDIS_URL, NODE_TTL). */
+  env?: Record<string, string>
 }
 
 /** Children still running, killed when the test process exits however it exits (a crash, a tap timeout). */
@@ -91,7 +93,8 @@ export async function startDemo (options: DemoStartOptions): Promise<DemoProcess
       PORT: String(options.port),
       HOST: '127.0.0.1',
       JWT_SECRET: options.secret,
-      LOG_LEVEL: options.logLevel ?? 'info'
+      LOG_LEVEL: options.logLevel ?? 'info',
+      ...options.env
     },
     stdio: ['ignore', 'pipe', 'pipe']
   })
