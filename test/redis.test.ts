@@ -122,6 +122,25 @@ if (requireRedis(t)) {
     ann.client.close()
   })
 
+  t.test('a node whose entry is gone from the node list writes its presence back, clearing what it no longer has', async (t) => {
+    const redis = await RedisProcess.start(t)
+    const a = await node(t, redis)
+    const admin = new Redis(redis.url, { commandTimeout: 1000 })
+    admin.on('error', () => {})
+    t.after(() => admin.quit())
+    const ann = await join(a.base, 'lobby', 'ann')
+    const id = a.app.socket.nodeId
+    // What a presence change that ran after the node gave up on it would leave: a user the node no longer has.
+    await admin.hset(`forge-socket:node-presence:${id}`, 'room-lobby zed', '1')
+    await admin.hset('forge-socket:presence:room-lobby', 'zed', '1')
+    await admin.srem('forge-socket:nodes', id)
+    t.same((await a.app.socket.presence('room-lobby')).map((p) => p.user).sort(), ['ann', 'zed'])
+    await a.broker.whenReady()
+    t.same(await a.app.socket.presence('room-lobby'), [{ user: 'ann', connections: 1 }], 'zed is gone, ann is still there')
+    t.same(await admin.hgetall(`forge-socket:node-presence:${id}`), { 'room-lobby ann': '1' })
+    ann.client.close()
+  })
+
   t.test('the broker option takes a URL, ioredis options or a client (and closes only what it created)', async (t) => {
     const redis = await RedisProcess.start(t)
     const own = new Redis(redis.url, { commandTimeout: 1000 })
