@@ -1,9 +1,11 @@
+import type { Duplex } from 'node:stream'
 import type { WebSocket } from 'ws'
 import type { FastifyBaseLogger } from 'fastify'
 import type { OutboundMessage } from '../schemas/envelope.js'
 import { CloseCode, errors } from './errors.js'
 import { closeReason, isSendableCloseCode } from './protocol.js'
 import { encode } from './codec.js'
+import { writeFrame } from './frame.js'
 import { TokenBucket, WindowCounter } from './limits.js'
 import type { Profile, ResolvedOptions } from './options.js'
 
@@ -13,7 +15,7 @@ export type ConnectionLimits = Pick<ResolvedOptions, 'rateLimit' | 'badFrames'>
 /** A connection refused more frames than `rateLimit.perSecond` allows in this many seconds is closed (1008). */
 export const ABUSE_WINDOW_SECONDS = 5
 
-/** ws send options, shared by every send (ws still builds a frame header per socket; framing once is bench work). */
+/** ws send options, shared by every send that goes through ws. */
 const TEXT_FRAME = Object.freeze({ binary: false })
 
 /** A connection's life: OPENING until it is registered and `onOpen` hooks ran, then OPEN, CLOSING, CLOSED. */
@@ -57,6 +59,8 @@ export class Connection {
   bytesIn = 0
   bytesOut = 0
   readonly #socket: WebSocket
+  /** The TCP stream under the socket, when broadcast frames may be written to it directly (lib/frame.ts). */
+  readonly #stream: Duplex | null
   readonly #sendBufferLimit: number
 
   /** The client's address (`request.ip`, so it honours Fastify's `trustProxy`). */
@@ -66,7 +70,7 @@ export class Connection {
   readonly refused: WindowCounter
   readonly badFrames: WindowCounter
 
-  constructor (init: { id: string, socket: WebSocket, profile: Profile | null, metadata: Metadata, home: string, ip: string, log: FastifyBaseLogger, sendBufferLimit: number, limits: ConnectionLimits }) {
+  constructor (init: { id: string, socket: WebSocket, stream: Duplex | null, profile: Profile | null, metadata: Metadata, home: string, ip: string, log: FastifyBaseLogger, sendBufferLimit: number, limits: ConnectionLimits }) {
     this.id = init.id
     this.ip = init.ip
     const now = Date.now()
@@ -76,6 +80,7 @@ export class Connection {
     this.refused = new WindowCounter(perSecond * ABUSE_WINDOW_SECONDS, ABUSE_WINDOW_SECONDS * 1000)
     this.badFrames = new WindowCounter(init.limits.badFrames.max, init.limits.badFrames.window)
     this.#socket = init.socket
+    this.#stream = init.stream
     this.profile = init.profile
     this.metadata = init.metadata
     this.home = init.home
@@ -92,15 +97,36 @@ export class Connection {
    * connection is not open or was just closed for being a slow consumer.
    */
   sendRaw (data: Buffer): boolean {
+    if (!this.#writable()) return false
+    this.#socket.send(data, TEXT_FRAME)
+    this.messagesOut++
+    this.bytesOut += data.length
+    return true
+  }
+
+  /**
+   * Writes a whole text frame made once for every recipient of a broadcast (`frame` is `textFrame(data)`): the
+   * same bytes go to each socket, and nothing is allocated per recipient. Where frames can't be written directly
+   * (permessage-deflate), `data` goes through ws.
+   */
+  sendFrame (frame: Buffer, data: Buffer): boolean {
+    if (!this.#writable()) return false
+    // ws's own readyState too: once the peer's close frame arrived, ws has answered it, and no frame may follow.
+    if (this.#stream !== null && this.#socket.readyState === 1) writeFrame(this.#stream, frame)
+    else this.#socket.send(data, TEXT_FRAME)
+    this.messagesOut++
+    this.bytesOut += data.length
+    return true
+  }
+
+  /** Open, and not a slow consumer (one whose send buffer is over its limit is closed with 4008 here). */
+  #writable (): boolean {
     if (this.state === ConnectionState.CLOSING || this.state === ConnectionState.CLOSED) return false
     if (this.#socket.bufferedAmount > this.#sendBufferLimit) {
       this.log.warn({ bufferedAmount: this.#socket.bufferedAmount }, 'slow consumer: closing')
       this.close(CloseCode.SLOW_CONSUMER, 'slow consumer: send buffer over its limit')
       return false
     }
-    this.#socket.send(data, TEXT_FRAME)
-    this.messagesOut++
-    this.bytesOut += data.length
     return true
   }
 

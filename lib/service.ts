@@ -1,4 +1,5 @@
 import { randomUUID } from 'node:crypto'
+import type { Duplex } from 'node:stream'
 import type { FastifyBaseLogger, FastifyInstance, FastifyRequest } from 'fastify'
 import type { TSchema } from 'typebox'
 import type { RawData, WebSocket } from 'ws'
@@ -10,6 +11,7 @@ import { ChannelRegistry, type MembershipChange } from './channels.js'
 import { CommandRegistry, type CommandDefinition } from './commands.js'
 import { Connection, ConnectionState, type ConnectionInfo, type Metadata } from './connection.js'
 import { Heartbeat } from './heartbeat.js'
+import { directStream, textFrame } from './frame.js'
 import { Inbound } from './inbound.js'
 import { ConnectionCounter } from './limits.js'
 import { PageState, currentPageState, runAct, type ActHandler, type ActOptions, type ActRouteOptions, type UpgradePlan, type UpgradeTicket } from './act.js'
@@ -141,7 +143,7 @@ export class SocketService {
       },
       handler (socket, request) {
         // preValidation always sets the plan before @fastify/websocket upgrades.
-        service.#accept(socket, (request as RequestWithPlan)[kPlan] as UpgradePlan)
+        service.#accept(socket, (request as RequestWithPlan)[kPlan] as UpgradePlan, directStream(socket.extensions, request.raw.socket))
       }
     }
   }
@@ -396,7 +398,7 @@ export class SocketService {
     await this.#options.broker.close()
   }
 
-  #accept (socket: WebSocket, plan: UpgradePlan): void {
+  #accept (socket: WebSocket, plan: UpgradePlan, stream: Duplex | null): void {
     // An act handler that was still running when app.close() began: its upgrade completes, and is told to go.
     if (this.#closing) return socket.close(CloseCode.GOING_AWAY, 'server shutting down')
     // Checked before the upgrade too (429); here again for upgrades that raced each other past that check.
@@ -408,6 +410,7 @@ export class SocketService {
     const conn = new Connection({
       id,
       socket,
+      stream,
       profile: plan.profile,
       metadata: plan.metadata,
       home: plan.channel,
@@ -626,9 +629,10 @@ export class SocketService {
     // `seq` numbers the messages every member receives, so a gap in it always means a lost message; a message
     // with `except` skips someone and carries none.
     const data = encode(except === undefined ? { ...message, seq: ++channel.seq } : message)
+    const frame = textFrame(data)
     let delivered = 0
     for (const member of channel.members) {
-      if (member.id !== except && member.sendRaw(data)) delivered++
+      if (member.id !== except && member.sendFrame(frame, data)) delivered++
     }
     this.#messagesOut += delivered
     return delivered

@@ -1,0 +1,217 @@
+// `npm run bench`: forge-socket, raw ws and socket.io 4 side by side, each server in a process of its own and the
+// load generator in another. Prints a table and the targets, and writes the figures to bench/results/latest.json.
+// Options: --runs N (default 3; medians are reported), --quick (1 run, shorter), --only <scenario id>.
+import { spawn, execFileSync, type ChildProcess } from 'node:child_process'
+import { createInterface } from 'node:readline'
+import { once } from 'node:events'
+import { createServer } from 'node:net'
+import { mkdirSync, writeFileSync } from 'node:fs'
+import { cpus, loadavg } from 'node:os'
+import { fileURLToPath } from 'node:url'
+import { parseArgs } from 'node:util'
+import { KINDS, KIND_NAMES, type Kind } from './common.js'
+import type { Result, Task } from './loadgen.js'
+
+const HERE = fileURLToPath(new URL('.', import.meta.url))
+const ROOT = fileURLToPath(new URL('../../', import.meta.url))
+
+const { values: args } = parseArgs({ options: { runs: { type: 'string' }, quick: { type: 'boolean' }, only: { type: 'string' } } })
+const quick = args.quick === true
+const runs = Number(args.runs ?? (quick ? 1 : 3))
+const warmup = quick ? 500 : 1000
+const duration = quick ? 2000 : 4000
+
+interface Scenario {
+  id: string
+  title: string
+  kinds: readonly Kind[]
+  /** Servers per run (2: two forge-socket nodes sharing a Redis). */
+  nodes: number
+  task: (kind: Kind, ports: number[]) => Task
+}
+
+const scenarios: Scenario[] = [
+  ...[1000, 5000].map((subscribers): Scenario => ({
+    id: `fanout-${subscribers / 1000}k`,
+    title: `fan-out to ${subscribers.toLocaleString('en')} subscribers of one channel (~100-byte messages)`,
+    kinds: KINDS,
+    nodes: 1,
+    task: (kind, ports) => ({ scenario: 'fanout', kind, ports, subscribers, warmup, duration, window: 4 })
+  })),
+  {
+    id: 'echo',
+    title: 'echo / request-reply, 100 clients, one request in flight each',
+    kinds: KINDS,
+    nodes: 1,
+    task: (kind, ports) => ({ scenario: 'echo', kind, ports, clients: 100, warmup, duration })
+  },
+  {
+    id: 'connect',
+    title: 'connection setup with JWT (2,000 connections, 50 at a time), memory per idle connection',
+    kinds: KINDS,
+    nodes: 1,
+    task: (kind, ports) => ({ scenario: 'connect', kind, ports, connections: 2000, concurrency: 50 })
+  },
+  {
+    id: 'fanout-1k-redis',
+    title: 'fan-out to 1,000 subscribers split over two forge-socket nodes sharing a Redis',
+    kinds: ['forge'],
+    nodes: 2,
+    task: (kind, ports) => ({ scenario: 'fanout', kind, ports, subscribers: 1000, warmup, duration, window: 4 })
+  }
+]
+
+async function freePort (): Promise<number> {
+  const server = createServer().listen(0, '127.0.0.1')
+  await once(server, 'listening')
+  const { port } = server.address() as { port: number }
+  server.close()
+  await once(server, 'close')
+  return port
+}
+
+/** Starts a child and resolves with its first stdout line, parsed. */
+async function child (args: string[], env: NodeJS.ProcessEnv = {}): Promise<{ proc: ChildProcess, first: unknown }> {
+  const proc = spawn(process.execPath, args, { cwd: ROOT, env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'inherit'] })
+  const lines = createInterface({ input: proc.stdout as NodeJS.ReadableStream })
+  const exited = once(proc, 'exit').then(([code]) => { throw new Error(`${args.join(' ')} exited (${String(code)}) before answering`) })
+  const [line] = await Promise.race([once(lines, 'line'), exited]) as [string]
+  return { proc, first: JSON.parse(line) }
+}
+
+async function stop (proc: ChildProcess): Promise<void> {
+  if (proc.exitCode !== null || proc.signalCode !== null) return
+  const exited = once(proc, 'exit')
+  proc.kill('SIGKILL')
+  await exited
+}
+
+/** A redis-server of the bench's own, for the two-node scenario; null when the machine has none. */
+async function startRedis (): Promise<{ url: string, stop: () => Promise<void> } | null> {
+  let binary: string
+  try {
+    binary = execFileSync('sh', ['-c', 'command -v redis-server'], { encoding: 'utf8' }).trim()
+  } catch {
+    return null
+  }
+  const port = await freePort()
+  const proc = spawn(binary, ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'], { stdio: ['ignore', 'pipe', 'inherit'] })
+  const lines = createInterface({ input: proc.stdout as NodeJS.ReadableStream })
+  for await (const line of lines) if (line.includes('Ready to accept connections')) break
+  proc.stdout?.resume()
+  return { url: `redis://127.0.0.1:${port}`, stop: async () => { await stop(proc) } }
+}
+
+/** Busy CPU time of the whole machine, µs (summed over cores). */
+function machineBusy (): number {
+  return cpus().reduce((sum, cpu) => sum + (cpu.times.user + cpu.times.nice + cpu.times.sys + cpu.times.irq) * 1000, 0)
+}
+
+interface Measured extends Result {
+  /** CPU the rest of the machine used during the run, % of one core (machine busy − servers − load generator). */
+  other: number
+}
+
+async function runOnce (scenario: Scenario, kind: Kind, redisUrl: string | undefined): Promise<Measured> {
+  const servers = await Promise.all(Array.from({ length: scenario.nodes }, async () =>
+    await child(['--expose-gc', `${HERE}server.js`, kind], redisUrl === undefined ? {} : { REDIS_URL: redisUrl })))
+  try {
+    const ports = servers.map((s) => (s.first as { port: number }).port)
+    const busy0 = machineBusy()
+    const t0 = performance.now()
+    const { first } = await child([`${HERE}loadgen.js`, JSON.stringify(scenario.task(kind, ports))])
+    const seconds = (performance.now() - t0) / 1000
+    const result = first as Result
+    const machine = (machineBusy() - busy0) / 1e4 / seconds
+    return { ...result, other: Math.max(0, machine - result.serverCpu - result.loadgenCpu) }
+  } finally {
+    await Promise.all(servers.map(async (s) => await stop(s.proc)))
+  }
+}
+
+function median (values: number[]): number {
+  const sorted = [...values].sort((a, b) => a - b)
+  const mid = Math.floor(sorted.length / 2)
+  return sorted.length % 2 === 1 ? sorted[mid] as number : ((sorted[mid - 1] as number) + (sorted[mid] as number)) / 2
+}
+
+/** The median of every numeric field over the runs. */
+function medians (list: Measured[]): Measured {
+  const keys = Object.keys(list[0] ?? {}) as Array<keyof Measured>
+  return Object.fromEntries(keys.map((key) => [key, median(list.map((r) => r[key] as number))])) as unknown as Measured
+}
+
+const fmt = (value: number | undefined, digits = 1): string => value === undefined ? '' : value.toLocaleString('en', { maximumFractionDigits: digits, minimumFractionDigits: digits })
+
+const started = new Date()
+process.stdout.write(`forge-socket bench, ${started.toISOString()}: node ${process.version}, ${cpus().length} × ${cpus()[0]?.model ?? 'cpu'}, load average ${loadavg().map((l) => l.toFixed(2)).join(' ')}; ${runs} run(s), medians\n`)
+
+const redis = await startRedis()
+const results: Record<string, Partial<Record<Kind, Measured>>> = {}
+try {
+  for (const scenario of scenarios) {
+    if (args.only !== undefined && args.only !== scenario.id) continue
+    if (scenario.nodes > 1 && redis === null) {
+      process.stdout.write(`\n${scenario.title}: skipped, no redis-server on this machine\n`)
+      continue
+    }
+    const perKind: Partial<Record<Kind, Measured[]>> = {}
+    for (let run = 0; run < runs; run++) {
+      // Kinds interleaved, so a disturbance on the machine spreads over all of them.
+      for (const kind of scenario.kinds) (perKind[kind] ??= []).push(await runOnce(scenario, kind, scenario.nodes > 1 ? redis?.url : undefined))
+    }
+    const summary: Partial<Record<Kind, Measured>> = {}
+    for (const kind of scenario.kinds) summary[kind] = medians(perKind[kind] ?? [])
+    results[scenario.id] = summary
+    const base = summary.ws
+    const rows = scenario.kinds.map((kind) => {
+      const r = summary[kind] as Measured
+      const ratio = base === undefined ? '' : `${(r.rate / base.rate).toFixed(2)}x`
+      const perMessage = r.cpuPerMessage === undefined ? '' : `${fmt(r.cpuPerMessage, 2)} µs${base?.cpuPerMessage === undefined ? '' : ` (${(r.cpuPerMessage / base.cpuPerMessage).toFixed(2)}x)`}`
+      const perConn = r.bytesPerConnection === undefined ? '' : `${fmt(r.bytesPerConnection / 1024)} KiB${base?.bytesPerConnection === undefined ? '' : ` (${(r.bytesPerConnection / base.bytesPerConnection).toFixed(2)}x)`}`
+      return `| ${KIND_NAMES[kind]} | ${fmt(r.rate, 0)} | ${ratio} | ${fmt(r.p50, 2)} | ${fmt(r.p99, 2)} | ${perMessage} | ${perConn} | ${r.lost} | ${fmt(r.serverCpu, 0)} % | ${fmt(r.loadgenCpu, 0)} % | ${fmt(r.other, 0)} % |`
+    })
+    process.stdout.write([
+      '',
+      `### ${scenario.title} (\`${scenario.id}\`)`,
+      '',
+      '| server | per second | vs ws | p50 ms | p99 ms | server CPU / msg | heap+ext / conn | lost | server CPU | load gen CPU | other CPU |',
+      '|---|---|---|---|---|---|---|---|---|---|---|',
+      ...rows,
+      ''
+    ].join('\n'))
+  }
+} finally {
+  await redis?.stop()
+}
+
+/** The issue's targets, each with the figure that decides it. */
+function targets (): Array<{ target: string, value: number | null, pass: boolean | null }> {
+  const get = (id: string, kind: Kind): Measured | undefined => results[id]?.[kind]
+  const ratio = (a: number | undefined, b: number | undefined): number | null => a === undefined || b === undefined ? null : a / b
+  const list: Array<{ target: string, value: number | null, limit: number, atMost: boolean }> = []
+  for (const id of ['fanout-1k', 'fanout-5k']) {
+    list.push({ target: `${id}: server CPU per message ≤ 0.70x raw ws`, value: ratio(get(id, 'forge')?.cpuPerMessage, get(id, 'ws')?.cpuPerMessage), limit: 0.7, atMost: true })
+    list.push({ target: `${id}: throughput ≥ 1.4x raw ws`, value: ratio(get(id, 'forge')?.rate, get(id, 'ws')?.rate), limit: 1.4, atMost: false })
+    list.push({ target: `${id}: throughput ≥ 1.6x socket.io`, value: ratio(get(id, 'forge')?.rate, get(id, 'socketio')?.rate), limit: 1.6, atMost: false })
+  }
+  list.push({ target: 'echo: round trips/s ≥ 1.0x raw ws', value: ratio(get('echo', 'forge')?.rate, get('echo', 'ws')?.rate), limit: 1.0, atMost: false })
+  list.push({ target: 'connect: handshakes/s ≥ 0.8x raw ws', value: ratio(get('connect', 'forge')?.rate, get('connect', 'ws')?.rate), limit: 0.8, atMost: false })
+  list.push({ target: 'connect: memory per idle connection ≤ 1.3x raw ws', value: ratio(get('connect', 'forge')?.bytesPerConnection, get('connect', 'ws')?.bytesPerConnection), limit: 1.3, atMost: true })
+  list.push({ target: 'two nodes over Redis ≥ 0.6x one node (1k fan-out)', value: ratio(get('fanout-1k-redis', 'forge')?.rate, get('fanout-1k', 'forge')?.rate), limit: 0.6, atMost: false })
+  const lost = Object.values(results).flatMap((byKind) => Object.values(byKind)).reduce((sum, r) => sum + (r?.lost ?? 0), 0)
+  return [
+    ...list.map(({ target, value, limit, atMost }) => ({ target, value, pass: value === null ? null : atMost ? value <= limit : value >= limit })),
+    { target: 'zero messages lost in every scenario', value: lost, pass: lost === 0 }
+  ]
+}
+
+const checked = targets()
+process.stdout.write(['', '### Targets', '', '| target | measured | met |', '|---|---|---|',
+  ...checked.map((t) => `| ${t.target} | ${t.value === null ? 'not run' : t.target.startsWith('zero') ? String(t.value) : `${t.value.toFixed(2)}x`} | ${t.pass === null ? '' : t.pass ? 'yes' : 'no'} |`), ''].join('\n'))
+
+const out = { started: started.toISOString(), node: process.version, cpus: cpus().length, cpu: cpus()[0]?.model, loadavg: loadavg(), runs, quick, results, targets: checked }
+mkdirSync(new URL('../../bench/results/', import.meta.url), { recursive: true })
+const file = fileURLToPath(new URL('../../bench/results/latest.json', import.meta.url))
+writeFileSync(file, `${JSON.stringify(out, null, 2)}\n`)
+process.stdout.write(`\nJSON: ${file}\n`)

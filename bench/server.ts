@@ -1,0 +1,115 @@
+// One bench server, of the kind named by argv[2]: forge-socket (through the plugin, an act route, JWT on
+// connect, the envelope), raw ws as most hand-written servers do it, or socket.io 4 with a room. Each listens on
+// a free port, serves GET /__bench/stats, and prints `{"port":N}` on its first line of stdout.
+import { createServer, type IncomingMessage, type ServerResponse } from 'node:http'
+import { createVerifier } from 'fast-jwt'
+import Fastify from 'fastify'
+import { WebSocketServer, type WebSocket } from 'ws'
+import { Server as SocketIoServer } from 'socket.io'
+import forgeSocket from '../plugin.js'
+import { CHANNEL, PUB_CHANNEL, SECRET, cpuMicros, type Kind, type ServerStats } from './common.js'
+
+const verify = createVerifier({ key: SECRET, algorithms: ['HS256'] })
+
+function stats (gc: boolean): ServerStats {
+  if (gc) (globalThis as { gc?: () => void }).gc?.()
+  const memory = process.memoryUsage()
+  return { cpu: cpuMicros(), rss: memory.rss, heapUsed: memory.heapUsed, external: memory.external, arrayBuffers: memory.arrayBuffers }
+}
+
+/** Answers the stats route on a plain http server; false for any other request. */
+function statsRoute (req: IncomingMessage, res: ServerResponse): boolean {
+  if (req.url?.startsWith('/__bench/stats') !== true) return false
+  res.setHeader('content-type', 'application/json')
+  res.end(JSON.stringify(stats(req.url.includes('gc=1'))))
+  return true
+}
+
+function bearer (req: IncomingMessage): string {
+  return (req.headers.authorization ?? '').replace(/^Bearer /, '')
+}
+
+async function forge (): Promise<number> {
+  const app = Fastify({ logger: false })
+  await app.register(forgeSocket, {
+    jwt: { secret: SECRET },
+    broker: process.env.REDIS_URL ?? 'memory',
+    // A publisher and echo clients send thousands of messages a second; presence in a 5,000-member channel would
+    // announce every join to every member (O(n²) messages while the bench connects).
+    rateLimit: { perSecond: 1_000_000, burst: 1_000_000 },
+    presence: false
+  })
+  app.get('/ws/bench', app.socket.act('bench', (app, ps) => ps.upgrade(CHANNEL)))
+  app.get('/ws/bench-pub', app.socket.act('bench.pub', (app, ps) => ps.upgrade(PUB_CHANNEL)))
+  app.socket.command('pub', { handler: (param) => { app.socket.broadcast(CHANNEL, { cmd: 'msg', param }) } })
+  app.socket.command('echo', { handler: (param) => param })
+  app.get('/__bench/stats', async (request) => stats((request.query as { gc?: string }).gc === '1'))
+  await app.listen({ port: 0, host: '127.0.0.1' })
+  return (app.server.address() as { port: number }).port
+}
+
+async function ws (): Promise<number> {
+  const server = createServer((req, res) => { if (!statsRoute(req, res)) res.writeHead(404).end() })
+  const wss = new WebSocketServer({
+    server,
+    verifyClient: (info: { req: IncomingMessage }) => {
+      try {
+        verify(bearer(info.req))
+        return true
+      } catch {
+        return false
+      }
+    }
+  })
+  const members = new Set<WebSocket>()
+  wss.on('connection', (socket, req) => {
+    if (req.url === '/ws/bench') {
+      members.add(socket)
+      socket.on('close', () => members.delete(socket))
+    }
+    socket.on('message', (data) => {
+      const message = JSON.parse(data.toString()) as { cmd: string, param: unknown, ref?: string }
+      if (message.cmd === 'pub') {
+        // The usual hand-written broadcast: serialized once, sent to each member.
+        const out = JSON.stringify({ channel: CHANNEL, cmd: 'msg', param: message.param })
+        for (const member of members) member.send(out)
+      } else if (message.cmd === 'echo') {
+        socket.send(JSON.stringify({ channel: CHANNEL, cmd: 'reply', param: message.param, ref: message.ref }))
+      }
+    })
+  })
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
+  return (server.address() as { port: number }).port
+}
+
+async function socketio (): Promise<number> {
+  const server = createServer()
+  const io = new SocketIoServer(server, { transports: ['websocket'], serveClient: false })
+  // socket.io's own request handler answers everything under /socket.io/; the stats route goes first.
+  const [ioHandler] = server.listeners('request') as Array<(req: IncomingMessage, res: ServerResponse) => void>
+  server.removeAllListeners('request')
+  server.on('request', (req: IncomingMessage, res: ServerResponse) => { if (!statsRoute(req, res)) ioHandler?.(req, res) })
+  io.use((socket, next) => {
+    try {
+      verify(String((socket.handshake.auth as { token?: unknown }).token))
+      next()
+    } catch (err) {
+      next(err as Error)
+    }
+  })
+  io.on('connection', (socket) => {
+    if ((socket.handshake.auth as { role?: string }).role !== 'pub') void socket.join(CHANNEL)
+    socket.on('pub', (param: unknown) => { io.to(CHANNEL).emit('msg', param) })
+    socket.on('echo', (param: unknown, ack: (value: unknown) => void) => { ack(param) })
+  })
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
+  return (server.address() as { port: number }).port
+}
+
+const kind = process.argv[2] as Kind
+const start = { forge, ws, socketio }[kind]
+if (start === undefined) throw new Error(`unknown server kind ${kind}`)
+const port = await start()
+process.stdout.write(`${JSON.stringify({ port })}\n`)
+// A clean exit on SIGTERM, so `--cpu-prof` can write its profile (run.ts stops servers with SIGKILL).
+process.once('SIGTERM', () => process.exit(0))

@@ -1,0 +1,61 @@
+import type { Duplex } from 'node:stream'
+
+/**
+ * A whole server-to-client WebSocket text frame (RFC 6455 §5.2: FIN, opcode 1, unmasked) around `payload`, made
+ * once per broadcast so the same bytes are written to every recipient's socket.
+ *
+ * @example
+ * const frame = textFrame(Buffer.from('{"cmd":"hi"}'))   // 0x81 0x0c …
+ */
+export function textFrame (payload: Buffer): Buffer {
+  const length = payload.length
+  const header = length < 126 ? 2 : length < 65536 ? 4 : 10
+  const frame = Buffer.allocUnsafe(header + length)
+  frame[0] = 0x81
+  if (header === 2) {
+    frame[1] = length
+  } else if (header === 4) {
+    frame[1] = 126
+    frame.writeUInt16BE(length, 2)
+  } else {
+    frame[1] = 127
+    frame.writeUInt32BE(0, 2)
+    frame.writeUInt32BE(length, 6)
+  }
+  payload.copy(frame, header)
+  return frame
+}
+
+/**
+ * The TCP stream under a ws connection, when frames may be written to it directly: only without
+ * permessage-deflate (then ws's sender never queues, and every ws write is as synchronous as ours, so the order
+ * of frames holds). Otherwise null, and frames go through `ws.send`.
+ */
+export function directStream (extensions: string, stream: unknown): Duplex | null {
+  if (extensions !== '' || typeof stream !== 'object' || stream === null) return null
+  const candidate = stream as Partial<Duplex>
+  return typeof candidate.write === 'function' && typeof candidate.cork === 'function' ? stream as Duplex : null
+}
+
+/** Streams corked by `writeFrame` in this tick; uncorked together when the tick's work is done. */
+const corked = new Set<Duplex>()
+
+function uncorkAll (): void {
+  for (const stream of corked) stream.uncork()
+  corked.clear()
+}
+
+/**
+ * Writes a frame to a stream, corked until the end of the current tick: a burst of broadcasts handled in one
+ * tick reaches each socket in one write (one system call) instead of one per message. Order is kept with
+ * everything else written to the stream (ws's own writes join the same corked buffer), and the send buffer's
+ * size (`bufferedAmount`) counts what waits.
+ */
+export function writeFrame (stream: Duplex, frame: Buffer): void {
+  if (!corked.has(stream)) {
+    stream.cork()
+    corked.add(stream)
+    if (corked.size === 1) process.nextTick(uncorkAll)
+  }
+  stream.write(frame)
+}

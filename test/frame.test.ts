@@ -1,0 +1,65 @@
+// Broadcasts are framed once and written to each socket directly, corked until the end of the tick. What a user
+// checks: every size arrives intact, in order with replies and other frames, with and without permessage-deflate.
+import t from 'tap'
+import Fastify from 'fastify'
+import fastifyWebsocket from '@fastify/websocket'
+import forgeSocket from '../plugin.js'
+import { textFrame } from '../lib/frame.js'
+import { build, listen, sign, connect, SECRET } from './helpers/server.js'
+
+t.test('textFrame: the RFC 6455 header for each payload length class', async (t) => {
+  for (const [length, header] of [[0, [0x81, 0]], [125, [0x81, 125]], [126, [0x81, 126, 0, 126]], [65535, [0x81, 126, 255, 255]],
+    [65536, [0x81, 127, 0, 0, 0, 0, 0, 1, 0, 0]]] as Array<[number, number[]]>) {
+    const payload = Buffer.alloc(length, 0x61)
+    const frame = textFrame(payload)
+    t.same([...frame.subarray(0, header.length)], header, `${length} bytes`)
+    t.equal(frame.length, header.length + length)
+    t.ok(frame.subarray(header.length).equals(payload), 'then the payload')
+  }
+})
+
+function room (app: ReturnType<typeof Fastify>): void {
+  app.get('/ws/:room', app.socket.act('room', (app, ps) => ps.upgrade(`room-${ps.requestString('room', true)}`)))
+  // Broadcasts (corked frames), then replies (through ws): the client must see them in that order.
+  app.socket.command('burst', {
+    handler: (param, { channel }) => {
+      for (const size of param as number[]) app.socket.broadcast(channel, { cmd: 'sized', param: 'x'.repeat(size) })
+      return { sent: (param as number[]).length }
+    }
+  })
+}
+
+const SIZES = [0, 1, 100, 125, 126, 200, 65535, 65536, 300_000]
+
+t.test('broadcasts of every size arrive intact and in order, before the reply that followed them', async (t) => {
+  const app = await build({}, room)
+  t.after(() => app.close())
+  const base = await listen(app)
+  const { client } = await connect(`${base}/ws/a`, sign({ sub: 'ann' }))
+  const order: string[] = []
+  client.ws.on('message', (data) => { const m = JSON.parse(data.toString()) as { cmd: string }; order.push(m.cmd) })
+  const reply = await client.request('room-a', 'burst', SIZES)
+  t.same(reply.param, { sent: SIZES.length })
+  t.same(order, [...SIZES.map(() => 'sized'), 'reply'], 'every broadcast before the reply')
+  const sized = client.messages.filter((m) => m.cmd === 'sized')
+  t.same(sized.map((m) => (m.param as string).length), SIZES, 'every size intact')
+  t.same(sized.map((m) => m.seq), SIZES.map((_, i) => i + 1), 'numbered in order')
+  client.close()
+  await client.closed
+})
+
+t.test('with permessage-deflate negotiated, broadcasts go through ws (compressed) and still arrive in order', async (t) => {
+  const app = Fastify({ logger: false })
+  t.after(() => app.close())
+  await app.register(fastifyWebsocket, { options: { perMessageDeflate: { threshold: 0 } }, preClose: (done) => done() })
+  await app.register(forgeSocket, { jwt: { secret: SECRET } })
+  room(app)
+  const base = await listen(app)
+  const { client } = await connect(`${base}/ws/a`, sign({ sub: 'ann' }), { perMessageDeflate: true })
+  t.match(client.ws.extensions, /permessage-deflate/, 'deflate was negotiated')
+  const reply = await client.request('room-a', 'burst', SIZES)
+  t.same(reply.param, { sent: SIZES.length })
+  t.same(client.messages.filter((m) => m.cmd === 'sized').map((m) => (m.param as string).length), SIZES)
+  client.close()
+  await client.closed
+})
