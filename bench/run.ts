@@ -39,6 +39,15 @@ const scenarios: Scenario[] = [
     task: (kind, ports) => ({ scenario: 'fanout', kind, ports, subscribers, warmup, duration, window: 4 })
   })),
   {
+    // No bursts: each message is published once the previous one reached every subscriber, so nothing can be
+    // written to a socket together with the next message. The per-message cost with no help from batching.
+    id: 'fanout-1k-single',
+    title: 'fan-out to 1,000 subscribers, one message in flight (no bursts to batch)',
+    kinds: KINDS,
+    nodes: 1,
+    task: (kind, ports) => ({ scenario: 'fanout', kind, ports, subscribers: 1000, warmup, duration, window: 1 })
+  },
+  {
     id: 'echo',
     title: 'echo / request-reply, 100 clients, one request in flight each',
     kinds: KINDS,

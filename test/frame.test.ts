@@ -1,7 +1,7 @@
 // Broadcasts are framed once and written to each socket directly, corked until the end of the tick. What a user
 // checks: every size arrives intact, in order with replies and other frames, with and without permessage-deflate.
 import t from 'tap'
-import Fastify from 'fastify'
+import Fastify, { type FastifyInstance } from 'fastify'
 import fastifyWebsocket from '@fastify/websocket'
 import forgeSocket from '../plugin.js'
 import { textFrame } from '../lib/frame.js'
@@ -18,7 +18,7 @@ t.test('textFrame: the RFC 6455 header for each payload length class', async (t)
   }
 })
 
-function room (app: ReturnType<typeof Fastify>): void {
+function room (app: FastifyInstance): void {
   app.get('/ws/:room', app.socket.act('room', (app, ps) => ps.upgrade(`room-${ps.requestString('room', true)}`)))
   // Broadcasts (corked frames), then replies (through ws): the client must see them in that order.
   app.socket.command('burst', {
