@@ -38,7 +38,8 @@ async function forgeSocket (app: FastifyInstance, input: ForgeSocketOptions): Pr
   // Runs before @fastify/websocket's listener, so the token is gone from the URL before Fastify routes or logs it.
   if (options.auth.query) app.server.prependListener('upgrade', stripQueryToken)
 
-  if (!app.hasDecorator('websocketServer')) {
+  const ownWebsocket = !app.hasDecorator('websocketServer')
+  if (ownWebsocket) {
     await app.register(fastifyWebsocket, {
       options: { maxPayload: options.maxPayload, handleProtocols: selectProtocol },
       // forge-socket drains its own connections with 1001 in its preClose hook below.
@@ -49,7 +50,7 @@ async function forgeSocket (app: FastifyInstance, input: ForgeSocketOptions): Pr
     app.websocketServer.options.handleProtocols ??= selectProtocol
   }
 
-  const service = new SocketService(app, options, ownJwt ? undefined : { algorithms: options.auth.algorithms })
+  const service = new SocketService(app, options, ownJwt ? undefined : { algorithms: options.auth.algorithms }, ownWebsocket)
   app.decorate('socket', service)
   await service.start()
 

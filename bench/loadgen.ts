@@ -17,7 +17,7 @@ export interface Result {
   rate: number
   p50?: number
   p99?: number
-  /** Server CPU µs per delivered message (fan-out), summed over the servers. */
+  /** Server CPU µs per delivered message (fan-out) or round trip (echo), summed over the servers. */
   cpuPerMessage?: number
   /** Heap + external bytes per idle connection (connect), after a full GC. */
   bytesPerConnection?: number
@@ -219,6 +219,7 @@ async function echo (t: Extract<Task, { scenario: 'echo' }>): Promise<Result> {
     rate: m.done / m.seconds,
     p50: latencies.getValueAtPercentile(50) / 1000,
     p99: latencies.getValueAtPercentile(99) / 1000,
+    cpuPerMessage: (m.serverCpu * 1e4 * m.seconds) / m.done,
     lost: sent - done,
     loadgenCpu: m.loadgenCpu,
     serverCpu: m.serverCpu
@@ -235,12 +236,13 @@ async function connect (t: Extract<Task, { scenario: 'connect' }>): Promise<Resu
   const after = await allStats(true)
   const serverMicros = after.reduce((sum, s, i) => sum + s.cpu - (before[i]?.cpu ?? 0), 0)
   const delta = (key: keyof ServerStats): number => after.reduce((sum, s, i) => sum + s[key] - (before[i]?.[key] ?? 0), 0)
+  const lost = conns.filter((c) => !c.ws.open).length
   for (const conn of conns) conn.ws.terminate()
   return {
     rate: t.connections / seconds,
     bytesPerConnection: (delta('heapUsed') + delta('external')) / t.connections,
     rssPerConnection: delta('rss') / t.connections,
-    lost: conns.filter((c) => !c.ws.open).length,
+    lost,
     loadgenCpu,
     serverCpu: serverMicros / 1e4 / seconds
   }

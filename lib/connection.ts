@@ -5,7 +5,7 @@ import type { OutboundMessage } from '../schemas/envelope.js'
 import { CloseCode, errors } from './errors.js'
 import { closeReason, isSendableCloseCode } from './protocol.js'
 import { encode } from './codec.js'
-import { writeFrame } from './frame.js'
+import { textFrame, writeFrame } from './frame.js'
 import { TokenBucket, WindowCounter } from './limits.js'
 import type { Profile, ResolvedOptions } from './options.js'
 
@@ -47,7 +47,8 @@ export class Connection {
   readonly profile: Profile | null
   readonly metadata: Metadata
   readonly channels = new Set<string>()
-  readonly started = new Date()
+  /** When it opened (epoch ms; a number, not a Date, to keep idle connections small). */
+  readonly startedAt = Date.now()
   readonly log: FastifyBaseLogger
   /** The channel the connection started in; direct messages carry it. */
   readonly home: string
@@ -67,8 +68,10 @@ export class Connection {
   readonly ip: string
   /** Inbound limits (lib/limits.ts): the frame rate, refused frames, malformed frames. */
   readonly rate: TokenBucket
-  readonly refused: WindowCounter
-  readonly badFrames: WindowCounter
+  readonly #limits: ConnectionLimits
+  // Made on first use: most connections never have a frame refused or a malformed one.
+  #refused: WindowCounter | null = null
+  #badFrames: WindowCounter | null = null
 
   constructor (init: { id: string, socket: WebSocket, stream: Duplex | null, profile: Profile | null, metadata: Metadata, home: string, ip: string, log: FastifyBaseLogger, sendBufferLimit: number, limits: ConnectionLimits }) {
     this.id = init.id
@@ -76,9 +79,7 @@ export class Connection {
     const now = Date.now()
     const { perSecond, burst } = init.limits.rateLimit
     this.rate = new TokenBucket(perSecond, burst, now)
-    // "Sustained abuse": more frames refused in a window than the rate allows in that window.
-    this.refused = new WindowCounter(perSecond * ABUSE_WINDOW_SECONDS, ABUSE_WINDOW_SECONDS * 1000)
-    this.badFrames = new WindowCounter(init.limits.badFrames.max, init.limits.badFrames.window)
+    this.#limits = init.limits
     this.#socket = init.socket
     this.#stream = init.stream
     this.profile = init.profile
@@ -88,31 +89,42 @@ export class Connection {
     this.#sendBufferLimit = init.sendBufferLimit
   }
 
+  /** "Sustained abuse": more frames refused in a window than the rate allows in that window. */
+  get refused (): WindowCounter {
+    return (this.#refused ??= new WindowCounter(this.#limits.rateLimit.perSecond * ABUSE_WINDOW_SECONDS, ABUSE_WINDOW_SECONDS * 1000))
+  }
+
+  /** Malformed frames in `badFrames.window`. */
+  get badFrames (): WindowCounter {
+    return (this.#badFrames ??= new WindowCounter(this.#limits.badFrames.max, this.#limits.badFrames.window))
+  }
+
+  /** When it opened. */
+  get started (): Date {
+    return new Date(this.startedAt)
+  }
+
   get profileId (): string | null {
     return this.profile?.id ?? null
   }
 
   /**
-   * Writes already-encoded bytes (the same Buffer for every recipient of a broadcast). Returns false when the
-   * connection is not open or was just closed for being a slow consumer.
+   * Writes already-encoded bytes as one text frame. Returns false when the connection is not open or was just
+   * closed for being a slow consumer.
    */
   sendRaw (data: Buffer): boolean {
-    if (!this.#writable()) return false
-    this.#socket.send(data, TEXT_FRAME)
-    this.messagesOut++
-    this.bytesOut += data.length
-    return true
+    return this.sendFrame(this.#stream === null ? null : textFrame(data), data)
   }
 
   /**
    * Writes a whole text frame made once for every recipient of a broadcast (`frame` is `textFrame(data)`): the
    * same bytes go to each socket, and nothing is allocated per recipient. Where frames can't be written directly
-   * (permessage-deflate), `data` goes through ws.
+   * (permessage-deflate; `frame` is then null), `data` goes through ws.
    */
-  sendFrame (frame: Buffer, data: Buffer): boolean {
+  sendFrame (frame: Buffer | null, data: Buffer): boolean {
     if (!this.#writable()) return false
     // ws's own readyState too: once the peer's close frame arrived, ws has answered it, and no frame may follow.
-    if (this.#stream !== null && this.#socket.readyState === 1) writeFrame(this.#stream, frame)
+    if (frame !== null && this.#stream !== null && this.#socket.readyState === 1) writeFrame(this.#stream, frame)
     else this.#socket.send(data, TEXT_FRAME)
     this.messagesOut++
     this.bytesOut += data.length
@@ -160,7 +172,7 @@ export class Connection {
       profileId: this.profileId,
       channels: [...this.channels],
       metadata: this.metadata,
-      started: this.started.toISOString(),
+      started: new Date(this.startedAt).toISOString(),
       messagesIn: this.messagesIn,
       messagesOut: this.messagesOut,
       bytesIn: this.bytesIn,

@@ -1,4 +1,5 @@
 import { randomUUID } from 'node:crypto'
+import type { ServerResponse } from 'node:http'
 import type { Duplex } from 'node:stream'
 import type { FastifyBaseLogger, FastifyInstance, FastifyRequest } from 'fastify'
 import type { TSchema } from 'typebox'
@@ -21,7 +22,8 @@ import type { Profile, ResolvedOptions } from './options.js'
 import type { OutboundMessage, ServerMessageData } from '../schemas/envelope.js'
 
 const kPlan = Symbol('forge-socket.plan')
-type RequestWithPlan = FastifyRequest & { [kPlan]?: UpgradePlan }
+const kResponse = Symbol('forge-socket.response')
+type RequestWithPlan = FastifyRequest & { [kPlan]?: UpgradePlan, [kResponse]?: ServerResponse }
 
 /** Frames that may wait while a connection is being registered; more than this is abuse (1008). */
 const MAX_PENDING_FRAMES = 256
@@ -70,6 +72,7 @@ export class SocketService {
   readonly #app: FastifyInstance
   readonly #options: Readonly<ResolvedOptions>
   readonly #verifyOptions: VerifyOptions | undefined
+  readonly #ownWebsocket: boolean
   readonly #connections = new Map<string, Connection>()
   readonly #channels = new ChannelRegistry()
   readonly #commands = new CommandRegistry()
@@ -86,8 +89,13 @@ export class SocketService {
   #drained: (() => void) | null = null
   #messagesOut = 0
 
-  constructor (app: FastifyInstance, options: Readonly<ResolvedOptions>, verifyOptions?: VerifyOptions) {
+  /**
+   * @param ownWebsocket forge-socket registered @fastify/websocket itself (with its default error handler), so the
+   * upgraded socket's error listener may be replaced by one that keeps no request alive.
+   */
+  constructor (app: FastifyInstance, options: Readonly<ResolvedOptions>, verifyOptions?: VerifyOptions, ownWebsocket = false) {
     this.#app = app
+    this.#ownWebsocket = ownWebsocket
     this.#options = options
     this.#verifyOptions = verifyOptions
     this.#perIp = new ConnectionCounter(options.connectionLimits.perIp)
@@ -129,7 +137,7 @@ export class SocketService {
     const service = this
     return {
       websocket: true,
-      async preValidation (request) {
+      async preValidation (request, reply) {
         if (!request.ws) throw new errors.FST_SOCKET_UPGRADE_REQUIRED()
         if (service.#closing) throw new errors.FST_SOCKET_SHUTTING_DOWN()
         checkOrigin(request, service.#options.origins)
@@ -139,11 +147,19 @@ export class SocketService {
         const ps = new PageState(name, request, profile, payload, options.onBinary)
         await runAct(ps, () => handler(this, ps))
         if (ps.plan === null) throw new errors.FST_SOCKET_NOT_UPGRADED(name);
-        (request as RequestWithPlan)[kPlan] = ps.plan
+        const upgrading = request as RequestWithPlan
+        upgrading[kPlan] = ps.plan
+        upgrading[kResponse] = reply.raw
       },
       handler (socket, request) {
+        const upgraded = request as RequestWithPlan
+        // Nothing may keep the upgrade's request and response alive as long as the connection (a few KiB each):
+        // the response @fastify/websocket gave the socket, to refuse with a status, is detached; and its 'error'
+        // listener, which holds both, is replaced by ours (the same: log, terminate) where its handler is the default.
+        upgraded[kResponse]?.detachSocket(request.raw.socket)
+        if (service.#ownWebsocket) socket.removeAllListeners('error')
         // preValidation always sets the plan before @fastify/websocket upgrades.
-        service.#accept(socket, (request as RequestWithPlan)[kPlan] as UpgradePlan, directStream(socket.extensions, request.raw.socket))
+        service.#accept(socket, upgraded[kPlan] as UpgradePlan, directStream(socket.extensions, request.raw.socket))
       }
     }
   }
@@ -436,6 +452,12 @@ export class SocketService {
       pending.push([data, isBinary])
     })
     socket.on('pong', () => { conn.awaitingPong = false })
+    if (this.#ownWebsocket) {
+      socket.on('error', (err) => {
+        conn.log.error({ err }, 'socket error')
+        conn.terminate()
+      })
+    }
     socket.on('close', (code) => {
       const closed = this.#closed(conn, code)
       this.#closePaths.add(closed)
@@ -443,6 +465,8 @@ export class SocketService {
     })
     this.#connections.set(id, conn)
     this.#armExpiry(conn, plan.payload?.exp)
+    // The claims were needed for that only; the plan lives as long as the connection.
+    plan.payload = null
     conn.log.debug({ channel: plan.channel }, 'connection open')
     this.#reply(conn, { channel: plan.channel, cmd: 'connected', param: { connectionId: id, channels: [plan.channel] } })
     void this.#open(conn, plan, pending)
