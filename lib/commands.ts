@@ -52,12 +52,15 @@ export class CommandRegistry {
     this.#commands.set(cmd, { handler: definition.handler as CommandHandler, check })
   }
 
-  /** Validates and runs one command; throws the coded error the client should see. */
-  async run (cmd: string, param: unknown, ctx: CommandContext): Promise<unknown> {
+  /**
+   * Validates and runs one command: returns what the handler returned (a value, or the promise of one), and throws
+   * the coded error the client should see. A synchronous handler is answered without a trip through promises.
+   */
+  run (cmd: string, param: unknown, ctx: CommandContext): unknown {
     const command = this.#commands.get(cmd)
     if (command === undefined) throw new errors.FST_SOCKET_UNKNOWN_COMMAND(cmd)
     const problem = command.check?.(param) ?? null
     if (problem !== null) throw new errors.FST_SOCKET_INVALID_PARAM(cmd, problem)
-    return await command.handler(param, ctx)
+    return command.handler(param, ctx)
   }
 }

@@ -68,14 +68,26 @@ export class Inbound {
     void this.#answer(conn, message)
   }
 
-  /** Runs one message's handler: its value becomes the `reply` (when `ref` was set), its error an `error` message. */
-  async #answer (conn: Connection, message: InboundMessage): Promise<void> {
+  /**
+   * Runs one message's handler: its value becomes the `reply` (when `ref` was set), its error an `error` message.
+   * A handler that answers synchronously is replied to at once; a promise is waited for.
+   */
+  #answer (conn: Connection, message: InboundMessage): void {
+    let result: unknown
     try {
-      const result = await this.#dispatch(conn, message)
-      if (message.ref !== undefined) this.#host.reply(conn, { channel: message.channel, cmd: 'reply', param: result ?? null, ref: message.ref })
+      result = this.#dispatch(conn, message)
     } catch (err) {
-      this.#sendError(conn, message.channel, message.ref, err)
+      return this.#sendError(conn, message.channel, message.ref, err)
     }
+    if (isThenable(result)) {
+      result.then((value) => this.#settle(conn, message, value), (err: unknown) => this.#sendError(conn, message.channel, message.ref, err))
+    } else {
+      this.#settle(conn, message, result)
+    }
+  }
+
+  #settle (conn: Connection, message: InboundMessage, result: unknown): void {
+    if (message.ref !== undefined) this.#host.reply(conn, { channel: message.channel, cmd: 'reply', param: result ?? null, ref: message.ref })
   }
 
   /** Hands a binary frame to the route's `onBinary`; what it throws becomes an `error` message. */
@@ -87,8 +99,17 @@ export class Inbound {
     }
   }
 
-  async #dispatch (conn: Connection, message: InboundMessage): Promise<unknown> {
+  /** The answer to one message: a value, or a promise of one; throws the coded error for a refusal. */
+  #dispatch (conn: Connection, message: InboundMessage): unknown {
     const { channel, cmd, param, ref } = message
+    if (cmd === 'subscribe' || cmd === 'unsubscribe' || cmd === 'auth.refresh') return this.#reserved(conn, message)
+    if (!conn.channels.has(channel)) throw new errors.FST_SOCKET_NOT_SUBSCRIBED(channel)
+    return this.#commands.run(cmd, param, { connection: conn, channel, ref, log: conn.log })
+  }
+
+  /** The reserved commands a client sends: membership and the token refresh. */
+  async #reserved (conn: Connection, message: InboundMessage): Promise<unknown> {
+    const { channel, cmd, param } = message
     switch (cmd) {
       case 'subscribe':
         assertChannel(channel)
@@ -102,11 +123,9 @@ export class Inbound {
         assertChannel(channel)
         await this.#host.leave(conn, channel)
         return { channel }
-      case 'auth.refresh':
+      default:
         return await this.#host.refresh(conn, param)
     }
-    if (!conn.channels.has(channel)) throw new errors.FST_SOCKET_NOT_SUBSCRIBED(channel)
-    return await this.#commands.run(cmd, param, { connection: conn, channel, ref, log: conn.log })
   }
 
   /** False when the connection is in the channel already; FST_SOCKET_LIMIT_EXCEEDED when it has no room for one more. */
@@ -124,4 +143,8 @@ export class Inbound {
     else conn.log.error({ err }, 'command handler failed')
     this.#host.reply(conn, { channel, cmd: 'error', param, ref })
   }
+}
+
+function isThenable (value: unknown): value is PromiseLike<unknown> {
+  return typeof value === 'object' && value !== null && typeof (value as { then?: unknown }).then === 'function'
 }
