@@ -1,6 +1,8 @@
 // `npm run bench`: forge-socket, raw ws and socket.io 4 side by side, each server in a process of its own and the
 // load generator in another. Prints a table and the targets, and writes the figures to bench/results/latest.json.
-// Options: --runs N (default 3; medians are reported), --quick (1 run, shorter), --only <scenario id>.
+// Options: --runs N (default 3; medians are reported), --quick (1 run, shorter), --only <scenario id>,
+// --pin (with two or more cores and `taskset`: the servers on core 0, the load generator on core 1, so neither
+// takes the other's core; both nodes of the Redis scenario then share one core).
 import { spawn, execFileSync, type ChildProcess } from 'node:child_process'
 import { createInterface } from 'node:readline'
 import { once } from 'node:events'
@@ -15,7 +17,7 @@ import type { Result, Task } from './loadgen.js'
 const HERE = fileURLToPath(new URL('.', import.meta.url))
 const ROOT = fileURLToPath(new URL('../../', import.meta.url))
 
-const { values: args } = parseArgs({ options: { runs: { type: 'string' }, quick: { type: 'boolean' }, only: { type: 'string' } } })
+const { values: args } = parseArgs({ options: { runs: { type: 'string' }, quick: { type: 'boolean' }, only: { type: 'string' }, pin: { type: 'boolean' } } })
 const quick = args.quick === true
 const runs = Number(args.runs ?? (quick ? 1 : 3))
 const warmup = quick ? 500 : 1000
@@ -79,9 +81,22 @@ async function freePort (): Promise<number> {
   return port
 }
 
-/** Starts a child and resolves with its first stdout line, parsed. */
-async function child (args: string[], env: NodeJS.ProcessEnv = {}): Promise<{ proc: ChildProcess, first: unknown }> {
-  const proc = spawn(process.execPath, args, { cwd: ROOT, env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'inherit'] })
+function hasTaskset (): boolean {
+  try {
+    execFileSync('sh', ['-c', 'command -v taskset'], { stdio: 'ignore' })
+    return true
+  } catch {
+    return false
+  }
+}
+
+const pin = args.pin === true && cpus().length >= 2 && hasTaskset()
+
+/** Starts a node child (on `core`, when pinning) and resolves with its first stdout line, parsed. */
+async function child (core: number, args: string[], env: NodeJS.ProcessEnv = {}): Promise<{ proc: ChildProcess, first: unknown }> {
+  // taskset execs node in its place, so the pid is node's.
+  const [command, argv] = pin ? ['taskset', ['-c', String(core), process.execPath, ...args]] : [process.execPath, args]
+  const proc = spawn(command, argv, { cwd: ROOT, env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'inherit'] })
   const lines = createInterface({ input: proc.stdout as NodeJS.ReadableStream })
   const exited = once(proc, 'exit').then(([code]) => { throw new Error(`${args.join(' ')} exited (${String(code)}) before answering`) })
   const [line] = await Promise.race([once(lines, 'line'), exited]) as [string]
@@ -123,12 +138,12 @@ interface Measured extends Result {
 
 async function runOnce (scenario: Scenario, kind: Kind, redisUrl: string | undefined): Promise<Measured> {
   const servers = await Promise.all(Array.from({ length: scenario.nodes }, async () =>
-    await child(['--expose-gc', `${HERE}server.js`, kind], redisUrl === undefined ? {} : { REDIS_URL: redisUrl })))
+    await child(0, ['--expose-gc', `${HERE}server.js`, kind], redisUrl === undefined ? {} : { REDIS_URL: redisUrl })))
   try {
     const ports = servers.map((s) => (s.first as { port: number }).port)
     const busy0 = machineBusy()
     const t0 = performance.now()
-    const { first } = await child([`${HERE}loadgen.js`, JSON.stringify(scenario.task(kind, ports))])
+    const { first } = await child(1, [`${HERE}loadgen.js`, JSON.stringify(scenario.task(kind, ports))])
     const seconds = (performance.now() - t0) / 1000
     const result = first as Result
     const machine = (machineBusy() - busy0) / 1e4 / seconds
@@ -153,7 +168,7 @@ function medians (list: Measured[]): Measured {
 const fmt = (value: number | undefined, digits = 1): string => value === undefined ? '' : value.toLocaleString('en', { maximumFractionDigits: digits, minimumFractionDigits: digits })
 
 const started = new Date()
-process.stdout.write(`forge-socket bench, ${started.toISOString()}: node ${process.version}, ${cpus().length} × ${cpus()[0]?.model ?? 'cpu'}, load average ${loadavg().map((l) => l.toFixed(2)).join(' ')}; ${runs} run(s), medians\n`)
+process.stdout.write(`forge-socket bench, ${started.toISOString()}: node ${process.version}, ${cpus().length} × ${cpus()[0]?.model ?? 'cpu'}, load average ${loadavg().map((l) => l.toFixed(2)).join(' ')}; ${runs} run(s), medians; ${pin ? 'servers on core 0, load generator on core 1' : 'not pinned to cores'}\n`)
 
 const redis = await startRedis()
 const results: Record<string, Partial<Record<Kind, Measured>>> = {}
@@ -219,7 +234,7 @@ const checked = targets()
 process.stdout.write(['', '### Targets', '', '| target | measured | met |', '|---|---|---|',
   ...checked.map((t) => `| ${t.target} | ${t.value === null ? 'not run' : t.target.startsWith('zero') ? String(t.value) : `${t.value.toFixed(2)}x`} | ${t.pass === null ? '' : t.pass ? 'yes' : 'no'} |`), ''].join('\n'))
 
-const out = { started: started.toISOString(), node: process.version, cpus: cpus().length, cpu: cpus()[0]?.model, loadavg: loadavg(), runs, quick, results, targets: checked }
+const out = { started: started.toISOString(), node: process.version, cpus: cpus().length, cpu: cpus()[0]?.model, loadavg: loadavg(), runs, quick, pinned: pin, results, targets: checked }
 mkdirSync(new URL('../../bench/results/', import.meta.url), { recursive: true })
 const file = fileURLToPath(new URL('../../bench/results/latest.json', import.meta.url))
 writeFileSync(file, `${JSON.stringify(out, null, 2)}\n`)

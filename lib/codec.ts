@@ -56,18 +56,30 @@ function withRef (err: DecodeError, value: object): DecodeError {
 
 function checkStructure (root: object, maxDepth: number): void {
   // The envelope is depth 0, so `param` is level 1 and may nest maxDepth levels in all.
-  const stack: Array<[unknown, number]> = [[root, 0]]
-  while (stack.length > 0) {
-    const [value, depth] = stack.pop() as [unknown, number]
-    if (typeof value !== 'object' || value === null) continue
+  // Two parallel stacks, and only objects and arrays on them: nothing is allocated per primitive value.
+  const values: object[] = [root]
+  const depths: number[] = [0]
+  while (values.length > 0) {
+    const value = values.pop() as object
+    const depth = depths.pop() as number
     if (depth > maxDepth) throw new errors.FST_SOCKET_BAD_REQUEST(`nesting deeper than ${maxDepth} levels`)
     if (Array.isArray(value)) {
-      for (const item of value) stack.push([item, depth + 1])
+      for (const item of value) {
+        if (typeof item === 'object' && item !== null) {
+          values.push(item)
+          depths.push(depth + 1)
+        }
+      }
       continue
     }
-    for (const key of Object.keys(value)) {
+    // JSON.parse makes plain objects: `for…in` sees their own keys (`__proto__` included) and nothing inherited.
+    for (const key in value) {
       if (FORBIDDEN_KEYS.has(key)) throw new errors.FST_SOCKET_BAD_REQUEST(`the key "${key}" is not allowed`)
-      stack.push([(value as Record<string, unknown>)[key], depth + 1])
+      const item = (value as Record<string, unknown>)[key]
+      if (typeof item === 'object' && item !== null) {
+        values.push(item)
+        depths.push(depth + 1)
+      }
     }
   }
 }
@@ -82,9 +94,9 @@ export function checkServerMessage (message: ServerMessageData): void {
   throw new errors.FST_SOCKET_INVALID_MESSAGE(`${first?.instancePath || 'message'} ${first?.message ?? 'is invalid'}`)
 }
 
-/** Serializes an outbound message once; the same bytes go to every recipient. */
-export function encode (message: OutboundMessage): Buffer {
-  return Buffer.from(JSON.stringify(message))
+/** Serializes an outbound message (once per broadcast; `textFrame` makes the bytes every recipient gets). */
+export function encode (message: OutboundMessage): string {
+  return JSON.stringify(message)
 }
 
 /** Tells whether a channel name is 1–255 characters of `[A-Za-z0-9_.:@/-]`. */

@@ -5,7 +5,7 @@ import type { OutboundMessage } from '../schemas/envelope.js'
 import { CloseCode, errors } from './errors.js'
 import { closeReason, isSendableCloseCode } from './protocol.js'
 import { encode } from './codec.js'
-import { textFrame, writeFrame } from './frame.js'
+import { framePayload, textFrame, writeFrame } from './frame.js'
 import { TokenBucket, WindowCounter } from './limits.js'
 import type { Profile, ResolvedOptions } from './options.js'
 
@@ -108,26 +108,21 @@ export class Connection {
     return this.profile?.id ?? null
   }
 
-  /**
-   * Writes already-encoded bytes as one text frame. Returns false when the connection is not open or was just
-   * closed for being a slow consumer.
-   */
-  sendRaw (data: Buffer): boolean {
-    return this.sendFrame(this.#stream === null ? null : textFrame(data), data)
-  }
 
   /**
-   * Writes a whole text frame made once for every recipient of a broadcast (`frame` is `textFrame(data)`): the
-   * same bytes go to each socket, and nothing is allocated per recipient. Where frames can't be written directly
-   * (permessage-deflate; `frame` is then null), `data` goes through ws.
+   * Writes a whole text frame (`textFrame`), made once for every recipient of a broadcast: the same bytes go to
+   * each socket, and nothing is allocated per recipient. Where frames can't be written directly
+   * (permessage-deflate), its payload goes through ws. Returns false when the connection is not open or was just
+   * closed for being a slow consumer.
    */
-  sendFrame (frame: Buffer | null, data: Buffer): boolean {
+  sendFrame (frame: Buffer): boolean {
     if (!this.#writable()) return false
+    const payload = framePayload(frame)
     // ws's own readyState too: once the peer's close frame arrived, ws has answered it, and no frame may follow.
-    if (frame !== null && this.#stream !== null && this.#socket.readyState === 1) writeFrame(this.#stream, frame)
-    else this.#socket.send(data, TEXT_FRAME)
+    if (this.#stream !== null && this.#socket.readyState === 1) writeFrame(this.#stream, frame)
+    else this.#socket.send(payload, TEXT_FRAME)
     this.messagesOut++
-    this.bytesOut += data.length
+    this.bytesOut += payload.length
     return true
   }
 
@@ -144,7 +139,7 @@ export class Connection {
 
   /** Encodes and sends one message to this connection alone. */
   send (message: OutboundMessage): boolean {
-    return this.sendRaw(encode(message))
+    return this.sendFrame(textFrame(encode(message)))
   }
 
   /** Starts the closing handshake with a code and a reason (cut to 123 bytes). */

@@ -1,14 +1,14 @@
 import type { Duplex } from 'node:stream'
 
 /**
- * A whole server-to-client WebSocket text frame (RFC 6455 §5.2: FIN, opcode 1, unmasked) around `payload`, made
- * once per broadcast so the same bytes are written to every recipient's socket.
+ * A whole server-to-client WebSocket text frame (RFC 6455 §5.2: FIN, opcode 1, unmasked) of `text`, encoded as
+ * UTF-8 straight into the frame: made once per broadcast, so the same bytes are written to every recipient.
  *
  * @example
- * const frame = textFrame(Buffer.from('{"cmd":"hi"}'))   // 0x81 0x0c …
+ * const frame = textFrame('{"cmd":"hi"}')   // 0x81 0x0c …
  */
-export function textFrame (payload: Buffer): Buffer {
-  const length = payload.length
+export function textFrame (text: string): Buffer {
+  const length = Buffer.byteLength(text)
   const header = length < 126 ? 2 : length < 65536 ? 4 : 10
   const frame = Buffer.allocUnsafe(header + length)
   frame[0] = 0x81
@@ -22,8 +22,14 @@ export function textFrame (payload: Buffer): Buffer {
     frame.writeUInt32BE(0, 2)
     frame.writeUInt32BE(length, 6)
   }
-  payload.copy(frame, header)
+  frame.write(text, header, 'utf8')
   return frame
+}
+
+/** The payload of a frame `textFrame` made (a view, not a copy). */
+export function framePayload (frame: Buffer): Buffer {
+  const short = (frame[1] as number) & 0x7f
+  return frame.subarray(short < 126 ? 2 : short === 126 ? 4 : 10)
 }
 
 /**

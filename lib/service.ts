@@ -652,11 +652,10 @@ export class SocketService {
     if (channel === undefined) return 0
     // `seq` numbers the messages every member receives, so a gap in it always means a lost message; a message
     // with `except` skips someone and carries none.
-    const data = encode(except === undefined ? { ...message, seq: ++channel.seq } : message)
-    const frame = textFrame(data)
+    const frame = textFrame(encode(except === undefined ? { ...message, seq: ++channel.seq } : message))
     let delivered = 0
     for (const member of channel.members) {
-      if (member.id !== except && member.sendFrame(frame, data)) delivered++
+      if (member.id !== except && member.sendFrame(frame)) delivered++
     }
     this.#messagesOut += delivered
     return delivered

@@ -83,11 +83,8 @@ t.test('decode refuses __proto__, constructor and prototype keys anywhere', asyn
 })
 
 t.test('encode serializes once, dropping an undefined ref', async (t) => {
-  const bytes = encode({ channel: 'room-a', cmd: 'reply', param: { ok: true }, ref: undefined })
-  t.ok(Buffer.isBuffer(bytes))
-  t.equal(bytes.toString(), '{"channel":"room-a","cmd":"reply","param":{"ok":true}}')
-  t.strictSame(JSON.parse(encode({ channel: 'c', cmd: 'x', param: 'żółw', ref: 'r', seq: 3 }).toString()), { channel: 'c', cmd: 'x', param: 'żółw', ref: 'r', seq: 3 })
-  t.equal(encode({ channel: 'c', cmd: 'x', param: 'ż' }).length, Buffer.byteLength('{"channel":"c","cmd":"x","param":"ż"}'), 'UTF-8 bytes')
+  t.equal(encode({ channel: 'room-a', cmd: 'reply', param: { ok: true }, ref: undefined }), '{"channel":"room-a","cmd":"reply","param":{"ok":true}}')
+  t.strictSame(JSON.parse(encode({ channel: 'c', cmd: 'x', param: 'żółw', ref: 'r', seq: 3 })), { channel: 'c', cmd: 'x', param: 'żółw', ref: 'r', seq: 3 })
 })
 
 t.test('channel names: 1–255 characters of [A-Za-z0-9_.:@/-]', async (t) => {

@@ -4,18 +4,22 @@ import t from 'tap'
 import Fastify, { type FastifyInstance } from 'fastify'
 import fastifyWebsocket from '@fastify/websocket'
 import forgeSocket from '../plugin.js'
-import { textFrame } from '../lib/frame.js'
+import { framePayload, textFrame } from '../lib/frame.js'
 import { build, listen, sign, connect, SECRET } from './helpers/server.js'
 
 t.test('textFrame: the RFC 6455 header for each payload length class', async (t) => {
   for (const [length, header] of [[0, [0x81, 0]], [125, [0x81, 125]], [126, [0x81, 126, 0, 126]], [65535, [0x81, 126, 255, 255]],
     [65536, [0x81, 127, 0, 0, 0, 0, 0, 1, 0, 0]]] as Array<[number, number[]]>) {
-    const payload = Buffer.alloc(length, 0x61)
-    const frame = textFrame(payload)
+    const text = 'a'.repeat(length)
+    const frame = textFrame(text)
     t.same([...frame.subarray(0, header.length)], header, `${length} bytes`)
     t.equal(frame.length, header.length + length)
-    t.ok(frame.subarray(header.length).equals(payload), 'then the payload')
+    t.equal(frame.subarray(header.length).toString(), text, 'then the payload')
+    t.equal(framePayload(frame).toString(), text, 'which framePayload finds')
   }
+  const utf8 = textFrame('żółw')
+  t.equal(utf8[1], Buffer.byteLength('żółw'), 'the length counts UTF-8 bytes, not characters')
+  t.equal(framePayload(utf8).toString(), 'żółw')
 })
 
 function room (app: FastifyInstance): void {
