@@ -157,9 +157,16 @@ export class SocketService {
         // the response @fastify/websocket gave the socket, to refuse with a status, is detached; and its 'error'
         // listener, which holds both, is replaced by ours (the same: log, terminate) where its handler is the default.
         upgraded[kResponse]?.detachSocket(request.raw.socket)
-        if (service.#ownWebsocket) socket.removeAllListeners('error')
         // preValidation always sets the plan before @fastify/websocket upgrades.
-        service.#accept(socket, upgraded[kPlan] as UpgradePlan, directStream(socket.extensions, request.raw.socket))
+        const plan = upgraded[kPlan] as UpgradePlan
+        if (service.#ownWebsocket) {
+          socket.removeAllListeners('error')
+          socket.on('error', (err) => {
+            plan.logger.error({ err }, 'socket error')
+            socket.terminate()
+          })
+        }
+        service.#accept(socket, plan, directStream(socket.extensions, request.raw.socket))
       }
     }
   }
@@ -452,12 +459,6 @@ export class SocketService {
       pending.push([data, isBinary])
     })
     socket.on('pong', () => { conn.awaitingPong = false })
-    if (this.#ownWebsocket) {
-      socket.on('error', (err) => {
-        conn.log.error({ err }, 'socket error')
-        conn.terminate()
-      })
-    }
     socket.on('close', (code) => {
       const closed = this.#closed(conn, code)
       this.#closePaths.add(closed)

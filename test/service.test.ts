@@ -416,6 +416,7 @@ t.test('onOpen and onClose hooks', async (t) => {
     await ann.client.request('room-a', 'ping', null)
     t.equal(opened.length, 1, 'called once the connection is open')
     t.match(opened[0], { id: ann.id, profileId: 'ann', home: 'room-a', metadata: { room: 'a' } })
+    t.equal(opened[0]?.started.getTime(), opened[0]?.startedAt, '`started` is the time it opened, as a Date')
 
     ann.client.close()
     t.equal(await closedOnServer(ann.id), 1000, 'client close')
