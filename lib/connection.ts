@@ -5,7 +5,7 @@ import type { OutboundMessage } from '../schemas/envelope.js'
 import { CloseCode, errors } from './errors.js'
 import { closeReason, isSendableCloseCode } from './protocol.js'
 import { encode } from './codec.js'
-import { framePayload, textFrame, writeFrame } from './frame.js'
+import { framePayload, headerLength, textFrame, writeFrame } from './frame.js'
 import { TokenBucket, WindowCounter } from './limits.js'
 import type { Profile, ResolvedOptions } from './options.js'
 
@@ -117,12 +117,11 @@ export class Connection {
    */
   sendFrame (frame: Buffer): boolean {
     if (!this.#writable()) return false
-    const payload = framePayload(frame)
     // ws's own readyState too: once the peer's close frame arrived, ws has answered it, and no frame may follow.
     if (this.#stream !== null && this.#socket.readyState === 1) writeFrame(this.#stream, frame)
-    else this.#socket.send(payload, TEXT_FRAME)
+    else this.#socket.send(framePayload(frame), TEXT_FRAME)
     this.messagesOut++
-    this.bytesOut += payload.length
+    this.bytesOut += frame.length - headerLength(frame)
     return true
   }
 

@@ -26,10 +26,15 @@ export function textFrame (text: string): Buffer {
   return frame
 }
 
+/** The length of the header of a frame `textFrame` made. */
+export function headerLength (frame: Buffer): number {
+  const short = (frame[1] as number) & 0x7f
+  return short < 126 ? 2 : short === 126 ? 4 : 10
+}
+
 /** The payload of a frame `textFrame` made (a view, not a copy). */
 export function framePayload (frame: Buffer): Buffer {
-  const short = (frame[1] as number) & 0x7f
-  return frame.subarray(short < 126 ? 2 : short === 126 ? 4 : 10)
+  return frame.subarray(headerLength(frame))
 }
 
 /**

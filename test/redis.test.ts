@@ -1,6 +1,5 @@
 // The Redis broker against a real redis-server that each test spawns on a free port (and kills, freezes, restarts).
 import t, { type Test } from 'tap'
-import { Redis } from 'ioredis'
 import type { FastifyInstance } from 'fastify'
 import { RedisBroker } from '../plugin.js'
 import { flush, until } from './helpers/cluster.js'
@@ -103,9 +102,7 @@ if (requireRedis(t)) {
   t.test('1,000 join/leave cycles leave the Redis channels at their baseline', async (t) => {
     const redis = await RedisProcess.start(t)
     const a = await node(t, redis)
-    const admin = new Redis(redis.url, { commandTimeout: 1000 })
-    admin.on('error', () => {})
-    t.after(() => admin.quit())
+    const admin = redis.client(t)
     const ann = await join(a.base, 'lobby', 'ann')
     const baseline = (await admin.pubsub('CHANNELS', 'forge-socket:*') as string[]).sort()
     t.same(baseline, ['forge-socket:ch:room-lobby', 'forge-socket:control'])
@@ -125,9 +122,7 @@ if (requireRedis(t)) {
   t.test('a node whose entry is gone from the node list writes its presence back, clearing what it no longer has', async (t) => {
     const redis = await RedisProcess.start(t)
     const a = await node(t, redis)
-    const admin = new Redis(redis.url, { commandTimeout: 1000 })
-    admin.on('error', () => {})
-    t.after(() => admin.quit())
+    const admin = redis.client(t)
     const ann = await join(a.base, 'lobby', 'ann')
     const id = a.app.socket.nodeId
     // What a presence change that ran after the node gave up on it would leave: a user the node no longer has.
@@ -143,9 +138,7 @@ if (requireRedis(t)) {
 
   t.test('the broker option takes a URL, ioredis options or a client (and closes only what it created)', async (t) => {
     const redis = await RedisProcess.start(t)
-    const own = new Redis(redis.url, { commandTimeout: 1000 })
-    own.on('error', () => {})
-    t.after(() => own.quit())
+    const own = redis.client(t)
     for (const broker of [redis.url, { host: '127.0.0.1', port: redis.port }, own]) {
       const app = await build({ broker })
       app.get('/ws/:room', app.socket.act('room', (app, ps) => ps.upgrade(`room-${ps.requestString('room', true)}`)))

@@ -2,6 +2,7 @@ import { spawn, execFileSync, type ChildProcess } from 'node:child_process'
 import { createServer } from 'node:net'
 import { once } from 'node:events'
 import type { Test } from 'tap'
+import { Redis } from 'ioredis'
 
 /** The redis-server binary, or null when this machine has none. */
 export function redisServerBinary (): string | null {
@@ -54,6 +55,14 @@ export class RedisProcess {
 
   get url (): string {
     return `redis://127.0.0.1:${this.port}`
+  }
+
+  /** A client of the test's own on this server (with an error listener and a command timeout), quit after the test. */
+  client (t: Test): Redis {
+    const client = new Redis(this.url, { commandTimeout: 1000 })
+    client.on('error', () => {})
+    t.after(() => client.quit())
+    return client
   }
 
   /** Starts (again) on the same port and resolves once it accepts connections. */
