@@ -1,5 +1,5 @@
 import type { Duplex } from 'node:stream'
-import type { WebSocket } from 'ws'
+import type { RawData, WebSocket } from 'ws'
 import type { FastifyBaseLogger } from 'fastify'
 import type { OutboundMessage } from '../schemas/envelope.js'
 import { CloseCode, errors } from './errors.js'
@@ -55,6 +55,9 @@ export class Connection {
   state: ConnectionStateValue = ConnectionState.OPENING
   /** Set when a ping goes out, cleared by any traffic from the peer (heartbeat). */
   awaitingPong = false
+  /** Frames that arrived while the connection was being registered (made on the first one), and their bytes. */
+  pending: Array<[RawData, boolean]> | null = null
+  pendingBytes = 0
   messagesIn = 0
   messagesOut = 0
   bytesIn = 0

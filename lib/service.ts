@@ -22,6 +22,14 @@ import type { Profile, ResolvedOptions } from './options.js'
 import type { OutboundMessage, ServerMessageData } from '../schemas/envelope.js'
 
 const kPlan = Symbol('forge-socket.plan')
+/** The Connection of a socket, for the listeners every socket shares. */
+const kConnection = Symbol('forge-socket.connection')
+type TaggedSocket = WebSocket & { [kConnection]?: Connection, [kPlan]?: UpgradePlan }
+
+/** The connection a socket's event is for (the listeners are registered only after it is set). */
+function connectionOf (socket: TaggedSocket): Connection {
+  return socket[kConnection] as Connection
+}
 const kResponse = Symbol('forge-socket.response')
 type RequestWithPlan = FastifyRequest & { [kPlan]?: UpgradePlan, [kResponse]?: ServerResponse }
 
@@ -159,12 +167,10 @@ export class SocketService {
         upgraded[kResponse]?.detachSocket(request.raw.socket)
         // preValidation always sets the plan before @fastify/websocket upgrades.
         const plan = upgraded[kPlan] as UpgradePlan
+        ;(socket as TaggedSocket)[kPlan] = plan
         if (service.#ownWebsocket) {
           socket.removeAllListeners('error')
-          socket.on('error', (err) => {
-            plan.logger.error({ err }, 'socket error')
-            socket.terminate()
-          })
+          socket.on('error', service.#onError)
         }
         service.#accept(socket, plan, directStream(socket.extensions, request.raw.socket))
       }
@@ -443,37 +449,58 @@ export class SocketService {
       limits: this.#options
     })
     // Listeners go on before any await, so frames that arrive while the connection is registered wait in
-    // `pending` instead of being lost.
-    const pending: Array<[RawData, boolean]> = []
-    let pendingBytes = 0
-    socket.on('message', (data, isBinary) => {
-      conn.awaitingPong = false
-      if (conn.state === ConnectionState.OPEN) return this.#inbound.handle(conn, plan, data, isBinary)
-      // Once a close has started, frames still in flight are dropped: none may jump ahead of `pending` (after a
-      // 1008 for too many frames) or run handlers for a connection the server is closing.
-      if (conn.state !== ConnectionState.OPENING) return
-      pendingBytes += (data as Buffer).length
-      if (pending.length >= MAX_PENDING_FRAMES || pendingBytes > this.#options.maxPayload * MAX_PENDING_PAYLOADS) {
-        return conn.close(CloseCode.POLICY_VIOLATION, 'too many frames before open')
-      }
-      pending.push([data, isBinary])
-    })
-    socket.on('pong', () => { conn.awaitingPong = false })
-    socket.on('close', (code) => {
-      const closed = this.#closed(conn, code)
-      this.#closePaths.add(closed)
-      void closed.finally(() => this.#closePaths.delete(closed))
-    })
+    // `pending` instead of being lost. They are the service's, shared by every socket (no closures per connection).
+    ;(socket as TaggedSocket)[kConnection] = conn
+    socket.on('message', this.#onMessage)
+    socket.on('pong', this.#onPong)
+    socket.on('close', this.#onClose)
     this.#connections.set(id, conn)
     this.#armExpiry(conn, plan.payload?.exp)
     // The claims were needed for that only; the plan lives as long as the connection.
     plan.payload = null
     conn.log.debug({ channel: plan.channel }, 'connection open')
     this.#reply(conn, { channel: plan.channel, cmd: 'connected', param: { connectionId: id, channels: [plan.channel] } })
-    void this.#open(conn, plan, pending)
+    void this.#open(conn, plan)
   }
 
-  async #open (conn: Connection, plan: UpgradePlan, pending: Array<[RawData, boolean]>): Promise<void> {
+  /** A frame from a connection's socket: handled when it is open, kept in `pending` while it opens. */
+  #message (conn: Connection, plan: UpgradePlan, data: RawData, isBinary: boolean): void {
+    conn.awaitingPong = false
+    if (conn.state === ConnectionState.OPEN) return this.#inbound.handle(conn, plan, data, isBinary)
+    // Once a close has started, frames still in flight are dropped: none may jump ahead of `pending` (after a
+    // 1008 for too many frames) or run handlers for a connection the server is closing.
+    if (conn.state !== ConnectionState.OPENING) return
+    conn.pendingBytes += (data as Buffer).length
+    const pending = (conn.pending ??= [])
+    if (pending.length >= MAX_PENDING_FRAMES || conn.pendingBytes > this.#options.maxPayload * MAX_PENDING_PAYLOADS) {
+      return conn.close(CloseCode.POLICY_VIOLATION, 'too many frames before open')
+    }
+    pending.push([data, isBinary])
+  }
+
+  // The socket listeners, one of each for every socket: `this` is the socket.
+  readonly #onMessage = ((service: SocketService) => function (this: TaggedSocket, data: RawData, isBinary: boolean): void {
+    service.#message(connectionOf(this), this[kPlan] as UpgradePlan, data, isBinary)
+  })(this)
+
+  readonly #onPong = function (this: TaggedSocket): void {
+    connectionOf(this).awaitingPong = false
+  }
+
+  readonly #onClose = ((service: SocketService) => function (this: TaggedSocket, code: number): void {
+    const closed = service.#closed(connectionOf(this), code)
+    service.#closePaths.add(closed)
+    void closed.finally(() => service.#closePaths.delete(closed))
+  })(this)
+
+  /** Replaces @fastify/websocket's default error listener (log, terminate) without keeping the request alive. */
+  readonly #onError = function (this: TaggedSocket, err: Error): void {
+    const log = this[kConnection]?.log ?? this[kPlan]?.logger
+    log?.error({ err }, 'socket error')
+    this.terminate()
+  }
+
+  async #open (conn: Connection, plan: UpgradePlan): Promise<void> {
     try {
       await this.#join(conn, plan.channel)
       for (const hook of this.#openHooks) {
@@ -488,7 +515,9 @@ export class SocketService {
     }
     if (conn.state !== ConnectionState.OPENING) return
     conn.state = ConnectionState.OPEN
-    for (const [data, isBinary] of pending.splice(0)) this.#inbound.handle(conn, plan, data, isBinary)
+    const pending = conn.pending ?? []
+    conn.pending = null
+    for (const [data, isBinary] of pending) this.#inbound.handle(conn, plan, data, isBinary)
   }
 
   /** Closes the connection with 4001 `auth.expiryGrace` ms after `exp`; a refresh re-arms it. */
