@@ -114,6 +114,12 @@ function sentAt (kind: Kind, data: Buffer): number {
   return Array.isArray(parsed) ? parsed[1].t : parsed.param.t
 }
 
+/** Waits (at most 10 s) for what is still on its way after a measurement; what never arrives counts as lost. */
+async function drained (done: () => boolean): Promise<void> {
+  const deadline = performance.now() + 10_000
+  while (!done() && performance.now() < deadline) await sleep(20)
+}
+
 function histogram (): hdr.Histogram {
   return hdr.build({ lowestDiscernibleValue: 1, highestTrackableValue: 60_000_000, numberOfSignificantValueDigits: 3 })
 }
@@ -170,8 +176,7 @@ async function fanout (t: Extract<Task, { scenario: 'fanout' }>): Promise<Result
   recording = false
   running = false
   // Every message published must reach every subscriber.
-  const deadline = performance.now() + 10_000
-  while (received < published * n && performance.now() < deadline) await sleep(20)
+  await drained(() => received >= published * n)
   const result: Result = {
     rate: m.done / m.seconds,
     p50: latencies.getValueAtPercentile(50) / 1000,
@@ -212,8 +217,7 @@ async function echo (t: Extract<Task, { scenario: 'echo' }>): Promise<Result> {
   const m = await measure(t.duration, () => done)
   recording = false
   running = false
-  const deadline = performance.now() + 10_000
-  while (done < sent && performance.now() < deadline) await sleep(20)
+  await drained(() => done >= sent)
   for (const conn of clients) conn.ws.terminate()
   return {
     rate: m.done / m.seconds,

@@ -111,7 +111,6 @@ export class Connection {
     return this.profile?.id ?? null
   }
 
-
   /**
    * Writes a whole text frame (`textFrame`), made once for every recipient of a broadcast: the same bytes go to
    * each socket, and nothing is allocated per recipient. Where frames can't be written directly
@@ -169,7 +168,7 @@ export class Connection {
       profileId: this.profileId,
       channels: [...this.channels],
       metadata: this.metadata,
-      started: new Date(this.startedAt).toISOString(),
+      started: this.started.toISOString(),
       messagesIn: this.messagesIn,
       messagesOut: this.messagesOut,
       bytesIn: this.bytesIn,

@@ -65,7 +65,7 @@ export class Inbound {
       this.#host.reply(conn, { channel: message.channel, cmd: 'pong', param: null, ref: message.ref })
       return
     }
-    void this.#answer(conn, message)
+    this.#answer(conn, message)
   }
 
   /**

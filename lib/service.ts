@@ -515,9 +515,9 @@ export class SocketService {
     }
     if (conn.state !== ConnectionState.OPENING) return
     conn.state = ConnectionState.OPEN
-    const pending = conn.pending ?? []
+    const pending = conn.pending
     conn.pending = null
-    for (const [data, isBinary] of pending) this.#inbound.handle(conn, plan, data, isBinary)
+    for (const [data, isBinary] of pending ?? []) this.#inbound.handle(conn, plan, data, isBinary)
   }
 
   /** Closes the connection with 4001 `auth.expiryGrace` ms after `exp`; a refresh re-arms it. */
@@ -730,10 +730,9 @@ export class SocketService {
         this.#closeUser(message.user, message.code, message.reason)
         return
       case 'node-presence':
+        if (!this.#options.presence) return
         for (const [cmd, list] of [['user-joined', message.joined], ['user-left', message.left]] as const) {
-          for (const { channel, user } of list) {
-            if (this.#options.presence) this.#deliver(channel, { channel, cmd, param: { user, node: message.node } }, undefined)
-          }
+          for (const { channel, user } of list) this.#deliver(channel, { channel, cmd, param: { user, node: message.node } }, undefined)
         }
     }
   }
