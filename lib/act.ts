@@ -10,7 +10,8 @@ import type { Profile, TokenPayload } from './options.js'
 export interface UpgradePlan {
   channel: string
   ip: string
-  metadata: Metadata
+  /** `null` when none was given. */
+  metadata: Metadata | null
   profile: Profile | null
   payload: TokenPayload | null
   logger: FastifyBaseLogger
@@ -74,9 +75,9 @@ export class PageState {
    * @example
    * return ps.upgrade(`chat-room-${room}`, { room, user: ps.profile.id })
    */
-  upgrade (channel: string, metadata: Metadata = {}, profile: Profile | null = this.profile, logger: FastifyBaseLogger = this.logger): UpgradeTicket {
+  upgrade (channel: string, metadata?: Metadata, profile: Profile | null = this.profile, logger: FastifyBaseLogger = this.logger): UpgradeTicket {
     assertChannel(channel)
-    this.plan = { channel, ip: this.request.ip, metadata, profile, payload: this.claims, logger, onBinary: this.#onBinary }
+    this.plan = { channel, ip: this.request.ip, metadata: metadata ?? null, profile, payload: this.claims, logger, onBinary: this.#onBinary }
     return { channel }
   }
 

@@ -8,9 +8,11 @@ import { encode } from './codec.js'
 import { framePayload, headerLength, textFrame, writeFrame } from './frame.js'
 import { TokenBucket, WindowCounter } from './limits.js'
 import type { Profile, ResolvedOptions } from './options.js'
+import type { BinaryHandler } from './act.js'
+import type { Deadlined } from './deadlines.js'
 
-/** The options the per-connection limits are built from. */
-export type ConnectionLimits = Pick<ResolvedOptions, 'rateLimit' | 'badFrames'>
+/** The options a connection reads: its inbound limits and its send buffer's. */
+export type ConnectionLimits = Pick<ResolvedOptions, 'rateLimit' | 'badFrames' | 'sendBufferLimit'>
 
 /** A connection refused more frames than `rateLimit.perSecond` allows in this many seconds is closed (1008). */
 export const ABUSE_WINDOW_SECONDS = 5
@@ -37,62 +39,102 @@ export interface ConnectionInfo {
   bytesOut: number
 }
 
+/** Frames that arrived while the connection was being registered, and their bytes. */
+export interface PendingFrames {
+  frames: Array<[RawData, boolean]>
+  bytes: number
+}
+
+/** What a connection starts from (the upgrade's plan, and what the service adds). */
+export interface ConnectionInit {
+  id: string
+  socket: WebSocket
+  stream: Duplex | null
+  profile: Profile | null
+  /** `null`: none was given (an empty object is made if it is asked for). */
+  metadata: Metadata | null
+  home: string
+  ip: string
+  /** The connection's logger is a child of this one (made when it is first used). */
+  log: FastifyBaseLogger
+  onBinary: BinaryHandler | undefined
+  limits: ConnectionLimits
+}
+
 /**
  * One WebSocket client: its identity, its channels, its counters and the send path. Sends check the socket's
  * buffered bytes first: a client that stops reading is closed with 4008 once it passes `sendBufferLimit`, so a slow
  * consumer never makes the server's memory grow without bound.
+ *
+ * An idle connection should cost little beside its socket: what most connections never use (the rate bucket, the
+ * abuse counters, the metadata object, the child logger) is made on first use, and nothing holds a timer of its own
+ * (the token expiry is a slot in one queue, lib/deadlines.ts).
  */
-export class Connection {
+export class Connection implements Deadlined {
   readonly id: string
   readonly profile: Profile | null
-  readonly metadata: Metadata
   readonly channels = new Set<string>()
   /** When it opened (epoch ms; a number, not a Date, to keep idle connections small). */
   readonly startedAt = Date.now()
-  readonly log: FastifyBaseLogger
   /** The channel the connection started in; direct messages carry it. */
   readonly home: string
+  /** The client's address (`request.ip`, so it honours Fastify's `trustProxy`). */
+  readonly ip: string
+  /** The route's binary frame handler (without one, a binary frame closes the connection with 1003). */
+  readonly onBinary: BinaryHandler | undefined
   state: ConnectionStateValue = ConnectionState.OPENING
   /** Set when a ping goes out, cleared by any traffic from the peer (heartbeat). */
   awaitingPong = false
-  /** Frames that arrived while the connection was being registered (made on the first one), and their bytes. */
-  pending: Array<[RawData, boolean]> | null = null
-  pendingBytes = 0
+  /** Frames that arrived while the connection was being registered (made on the first one). */
+  pending: PendingFrames | null = null
   messagesIn = 0
   messagesOut = 0
   bytesIn = 0
   bytesOut = 0
+  /** The token expiry's place in the service's queue (lib/deadlines.ts). */
+  deadline = 0
+  deadlineSlot = -1
   readonly #socket: WebSocket
   /** The TCP stream under the socket, when broadcast frames may be written to it directly (lib/frame.ts). */
   readonly #stream: Duplex | null
-  readonly #sendBufferLimit: number
-
-  /** The client's address (`request.ip`, so it honours Fastify's `trustProxy`). */
-  readonly ip: string
-  /** Inbound limits (lib/limits.ts): the frame rate, refused frames, malformed frames. */
-  readonly rate: TokenBucket
   readonly #limits: ConnectionLimits
-  // Made on first use: most connections never have a frame refused or a malformed one.
+  #metadata: Metadata | null
+  #parentLog: FastifyBaseLogger
+  #log: FastifyBaseLogger | null = null
+  // Made on first use: an idle connection sends nothing, and most never have a frame refused or a malformed one.
+  #rate: TokenBucket | null = null
   #refused: WindowCounter | null = null
   #badFrames: WindowCounter | null = null
 
-  constructor (init: { id: string, socket: WebSocket, stream: Duplex | null, profile: Profile | null, metadata: Metadata, home: string, ip: string, log: FastifyBaseLogger, sendBufferLimit: number, limits: ConnectionLimits }) {
+  constructor (init: ConnectionInit) {
     this.id = init.id
     this.ip = init.ip
-    const now = Date.now()
-    const { perSecond, burst } = init.limits.rateLimit
-    this.rate = new TokenBucket(perSecond, burst, now)
     this.#limits = init.limits
     this.#socket = init.socket
     this.#stream = init.stream
     this.profile = init.profile
-    this.metadata = init.metadata
+    this.#metadata = init.metadata
     this.home = init.home
-    this.log = init.log
-    this.#sendBufferLimit = init.sendBufferLimit
+    this.onBinary = init.onBinary
+    this.#parentLog = init.log
   }
 
-  /** "Sustained abuse": more frames refused in a window than the rate allows in that window. */
+  /** What the upgrade attached (`ps.upgrade(channel, metadata)`); the application may add to it. */
+  get metadata (): Metadata {
+    return (this.#metadata ??= {})
+  }
+
+  /** The connection's logger: the upgrade's, with `connId`. */
+  get log (): FastifyBaseLogger {
+    return (this.#log ??= this.#parentLog.child({ connId: this.id }))
+  }
+
+  /** Inbound frames: `rateLimit.perSecond`, with `rateLimit.burst` saved up (full when first used, as at open). */
+  get rate (): TokenBucket {
+    return (this.#rate ??= new TokenBucket(this.#limits.rateLimit.perSecond, this.#limits.rateLimit.burst, Date.now()))
+  }
+
+/** "Sustained abuse": more frames refused in a window than the rate allows in that window. */
   get refused (): WindowCounter {
     return (this.#refused ??= new WindowCounter(this.#limits.rateLimit.perSecond * ABUSE_WINDOW_SECONDS, ABUSE_WINDOW_SECONDS * 1000))
   }
@@ -130,7 +172,7 @@ export class Connection {
   /** Open, and not a slow consumer (one whose send buffer is over its limit is closed with 4008 here). */
   #writable (): boolean {
     if (this.state === ConnectionState.CLOSING || this.state === ConnectionState.CLOSED) return false
-    if (this.#socket.bufferedAmount > this.#sendBufferLimit) {
+    if (this.#socket.bufferedAmount > this.#limits.sendBufferLimit) {
       this.log.warn({ bufferedAmount: this.#socket.bufferedAmount }, 'slow consumer: closing')
       this.close(CloseCode.SLOW_CONSUMER, 'slow consumer: send buffer over its limit')
       return false

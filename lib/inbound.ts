@@ -3,7 +3,7 @@ import { CloseCode, errors, toClientError } from './errors.js'
 import { assertChannel, decode, type DecodeError } from './codec.js'
 import type { CommandRegistry } from './commands.js'
 import type { Connection } from './connection.js'
-import type { BinaryHandler, UpgradePlan } from './act.js'
+import type { BinaryHandler } from './act.js'
 import type { ResolvedOptions } from './options.js'
 import type { InboundMessage, OutboundMessage } from '../schemas/envelope.js'
 
@@ -36,7 +36,7 @@ export class Inbound {
   }
 
   /** Handles one frame of an open connection. */
-  handle (conn: Connection, plan: UpgradePlan, data: RawData, isBinary: boolean): void {
+  handle (conn: Connection, data: RawData, isBinary: boolean): void {
     const bytes = data as Buffer
     conn.messagesIn++
     conn.bytesIn += bytes.length
@@ -48,8 +48,8 @@ export class Inbound {
       return
     }
     if (isBinary) {
-      if (plan.onBinary === undefined) return conn.close(CloseCode.UNSUPPORTED_DATA, 'binary frames are not accepted')
-      void this.#binary(conn, plan.onBinary, bytes)
+      if (conn.onBinary === undefined) return conn.close(CloseCode.UNSUPPORTED_DATA, 'binary frames are not accepted')
+      void this.#binary(conn, conn.onBinary, bytes)
       return
     }
     let message: InboundMessage

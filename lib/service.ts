@@ -12,6 +12,7 @@ import { ChannelRegistry, type MembershipChange } from './channels.js'
 import { CommandRegistry, type CommandDefinition } from './commands.js'
 import { Connection, ConnectionState, type ConnectionInfo, type Metadata } from './connection.js'
 import { Heartbeat } from './heartbeat.js'
+import { Deadlines } from './deadlines.js'
 import { directStream, textFrame } from './frame.js'
 import { Inbound } from './inbound.js'
 import { ConnectionCounter } from './limits.js'
@@ -24,7 +25,7 @@ import type { OutboundMessage, ServerMessageData } from '../schemas/envelope.js'
 const kPlan = Symbol('forge-socket.plan')
 /** The Connection of a socket, for the listeners every socket shares. */
 const kConnection = Symbol('forge-socket.connection')
-type TaggedSocket = WebSocket & { [kConnection]?: Connection, [kPlan]?: UpgradePlan }
+type TaggedSocket = WebSocket & { [kConnection]?: Connection }
 
 /** The connection a socket's event is for (the listeners are registered only after it is set). */
 function connectionOf (socket: TaggedSocket): Connection {
@@ -37,9 +38,6 @@ type RequestWithPlan = FastifyRequest & { [kPlan]?: UpgradePlan, [kResponse]?: S
 const MAX_PENDING_FRAMES = 256
 /** …and the bytes they may hold, in frames of `maxPayload`. */
 const MAX_PENDING_PAYLOADS = 4
-
-/** The longest delay a Node timer takes (about 24.8 days); token expiries further out are re-armed. */
-const MAX_TIMER = 2 ** 31 - 1
 
 export type OpenHook = (conn: Connection) => void | Promise<void>
 export type CloseHook = (conn: Connection, code: number) => void | Promise<void>
@@ -88,7 +86,11 @@ export class SocketService {
   readonly #heartbeat: Heartbeat
   readonly #openHooks: OpenHook[] = []
   readonly #closeHooks: CloseHook[] = []
-  readonly #expiries = new Map<Connection, NodeJS.Timeout>()
+  /** Token expiries: one queue and one timer for every connection (lib/deadlines.ts). */
+  readonly #expiries = new Deadlines<Connection>((conn) => {
+    conn.log.info('token expired: closing')
+    conn.close(CloseCode.UNAUTHORIZED, 'token expired')
+  })
   readonly #perIp: ConnectionCounter
   readonly #perUser: ConnectionCounter
   /** Close paths still leaving channels and running onClose hooks; shutdown waits for them. */
@@ -167,7 +169,6 @@ export class SocketService {
         upgraded[kResponse]?.detachSocket(request.raw.socket)
         // preValidation always sets the plan before @fastify/websocket upgrades.
         const plan = upgraded[kPlan] as UpgradePlan
-        ;(socket as TaggedSocket)[kPlan] = plan
         if (service.#ownWebsocket) {
           socket.removeAllListeners('error')
           socket.on('error', service.#onError)
@@ -186,7 +187,7 @@ export class SocketService {
    *   app.socket.upgrade(`user-${ps.profile!.id}`, ps.profile, ps.logger)))
    */
   upgrade (channel: string, profile?: Profile | null, logger?: FastifyBaseLogger): UpgradeTicket {
-    return currentPageState('app.socket.upgrade').upgrade(channel, {}, profile, logger)
+    return currentPageState('app.socket.upgrade').upgrade(channel, undefined, profile, logger)
   }
 
   /** `upgrade` with metadata, reported by `connections()`. */
@@ -423,6 +424,7 @@ export class SocketService {
   /** Releases the broker (from the app's `onClose`). */
   async stop (): Promise<void> {
     this.#heartbeat.stop()
+    this.#expiries.clear()
     await Promise.all(this.#closePaths)
     await this.#options.broker.close()
   }
@@ -444,8 +446,8 @@ export class SocketService {
       metadata: plan.metadata,
       home: plan.channel,
       ip: plan.ip,
-      log: plan.logger.child({ connId: id }),
-      sendBufferLimit: this.#options.sendBufferLimit,
+      log: plan.logger,
+      onBinary: plan.onBinary,
       limits: this.#options
     })
     // Listeners go on before any await, so frames that arrive while the connection is registered wait in
@@ -456,31 +458,30 @@ export class SocketService {
     socket.on('close', this.#onClose)
     this.#connections.set(id, conn)
     this.#armExpiry(conn, plan.payload?.exp)
-    // The claims were needed for that only; the plan lives as long as the connection.
-    plan.payload = null
-    conn.log.debug({ channel: plan.channel }, 'connection open')
+    // Through the upgrade's logger: the connection's own is made only when something logs through it.
+    plan.logger.debug({ connId: id, channel: plan.channel }, 'connection open')
     this.#reply(conn, { channel: plan.channel, cmd: 'connected', param: { connectionId: id, channels: [plan.channel] } })
-    void this.#open(conn, plan)
+    void this.#open(conn)
   }
 
   /** A frame from a connection's socket: handled when it is open, kept in `pending` while it opens. */
-  #message (conn: Connection, plan: UpgradePlan, data: RawData, isBinary: boolean): void {
+  #message (conn: Connection, data: RawData, isBinary: boolean): void {
     conn.awaitingPong = false
-    if (conn.state === ConnectionState.OPEN) return this.#inbound.handle(conn, plan, data, isBinary)
+    if (conn.state === ConnectionState.OPEN) return this.#inbound.handle(conn, data, isBinary)
     // Once a close has started, frames still in flight are dropped: none may jump ahead of `pending` (after a
     // 1008 for too many frames) or run handlers for a connection the server is closing.
     if (conn.state !== ConnectionState.OPENING) return
-    conn.pendingBytes += (data as Buffer).length
-    const pending = (conn.pending ??= [])
-    if (pending.length >= MAX_PENDING_FRAMES || conn.pendingBytes > this.#options.maxPayload * MAX_PENDING_PAYLOADS) {
+    const pending = (conn.pending ??= { frames: [], bytes: 0 })
+    pending.bytes += (data as Buffer).length
+    if (pending.frames.length >= MAX_PENDING_FRAMES || pending.bytes > this.#options.maxPayload * MAX_PENDING_PAYLOADS) {
       return conn.close(CloseCode.POLICY_VIOLATION, 'too many frames before open')
     }
-    pending.push([data, isBinary])
+    pending.frames.push([data, isBinary])
   }
 
   // The socket listeners, one of each for every socket: `this` is the socket.
   readonly #onMessage = ((service: SocketService) => function (this: TaggedSocket, data: RawData, isBinary: boolean): void {
-    service.#message(connectionOf(this), this[kPlan] as UpgradePlan, data, isBinary)
+    service.#message(connectionOf(this), data, isBinary)
   })(this)
 
   readonly #onPong = function (this: TaggedSocket): void {
@@ -494,15 +495,16 @@ export class SocketService {
   })(this)
 
   /** Replaces @fastify/websocket's default error listener (log, terminate) without keeping the request alive. */
-  readonly #onError = function (this: TaggedSocket, err: Error): void {
-    const log = this[kConnection]?.log ?? this[kPlan]?.logger
-    log?.error({ err }, 'socket error')
+  readonly #onError = ((service: SocketService) => function (this: TaggedSocket, err: Error): void {
+    // A socket refused in #accept has no connection.
+    const log = this[kConnection]?.log ?? service.#app.log
+    log.error({ err }, 'socket error')
     this.terminate()
-  }
+  })(this)
 
-  async #open (conn: Connection, plan: UpgradePlan): Promise<void> {
+  async #open (conn: Connection): Promise<void> {
     try {
-      await this.#join(conn, plan.channel)
+      await this.#join(conn, conn.home)
       for (const hook of this.#openHooks) {
         // A connection that closed meanwhile has had its onClose hooks (or will): no onOpen may run after them.
         if (conn.state !== ConnectionState.OPENING) return
@@ -517,21 +519,13 @@ export class SocketService {
     conn.state = ConnectionState.OPEN
     const pending = conn.pending
     conn.pending = null
-    for (const [data, isBinary] of pending ?? []) this.#inbound.handle(conn, plan, data, isBinary)
+    for (const [data, isBinary] of pending?.frames ?? []) this.#inbound.handle(conn, data, isBinary)
   }
 
   /** Closes the connection with 4001 `auth.expiryGrace` ms after `exp`; a refresh re-arms it. */
   #armExpiry (conn: Connection, exp: unknown): void {
-    clearTimeout(this.#expiries.get(conn))
-    this.#expiries.delete(conn)
-    if (typeof exp !== 'number') return
-    const delay = exp * 1000 + this.#options.auth.expiryGrace - Date.now()
-    const timer = setTimeout(() => {
-      if (delay > MAX_TIMER) return this.#armExpiry(conn, exp)
-      conn.log.info('token expired: closing')
-      conn.close(CloseCode.UNAUTHORIZED, 'token expired')
-    }, Math.max(0, Math.min(delay, MAX_TIMER))).unref()
-    this.#expiries.set(conn, timer)
+    if (typeof exp === 'number') this.#expiries.set(conn, exp * 1000 + this.#options.auth.expiryGrace)
+    else this.#expiries.delete(conn)
   }
 
   async #closed (conn: Connection, code: number): Promise<void> {
@@ -539,7 +533,6 @@ export class SocketService {
     this.#connections.delete(conn.id)
     this.#perIp.remove(conn.ip)
     this.#perUser.remove(conn.profileId)
-    clearTimeout(this.#expiries.get(conn))
     this.#expiries.delete(conn)
     conn.log.debug({ code }, 'connection closed')
     if (this.#connections.size === 0) this.#drained?.()
