@@ -22,6 +22,8 @@ export interface ServerStats {
   heapUsed: number
   external: number
   arrayBuffers: number
+  /** Open WebSocket connections. */
+  open: number
 }
 
 /** Server-side CPU time of this process, µs. */

@@ -10,18 +10,20 @@ import { CHANNEL, PUB_CHANNEL, cpuMicros, param, token, type Kind, type Role, ty
 export type Task =
   | { scenario: 'fanout', kind: Kind, ports: number[], subscribers: number, warmup: number, duration: number, window: number }
   | { scenario: 'echo', kind: Kind, ports: number[], clients: number, warmup: number, duration: number }
-  | { scenario: 'connect', kind: Kind, ports: number[], connections: number, concurrency: number }
+  | { scenario: 'connect', kind: Kind, ports: number[], connections: number, concurrency: number, warmup: number }
 
 export interface Result {
   /** Messages (fan-out: deliveries; echo: round trips; connect: handshakes) per second. */
   rate: number
   p50?: number
   p99?: number
-  /** Server CPU µs per delivered message (fan-out) or round trip (echo), summed over the servers. */
+  /** Server CPU µs per delivered message (fan-out), round trip (echo) or handshake (connect), summed over the servers. */
   cpuPerMessage?: number
   /** Heap + external bytes per idle connection (connect), after a full GC. */
   bytesPerConnection?: number
   rssPerConnection?: number
+  /** Handshakes per second of a server that has not handled one yet (connect: the first warm-up round). */
+  coldRate?: number
   lost: number
   /** The load generator's own CPU use during the measurement, % of one core. */
   loadgenCpu: number
@@ -230,20 +232,48 @@ async function echo (t: Extract<Task, { scenario: 'echo' }>): Promise<Result> {
   }
 }
 
+/** Waits (at most 10 s) until the servers have closed every connection. */
+async function allClosed (): Promise<void> {
+  const deadline = performance.now() + 10_000
+  while ((await allStats()).some((s) => s.open > 0) && performance.now() < deadline) await sleep(20)
+}
+
 async function connect (t: Extract<Task, { scenario: 'connect' }>): Promise<Result> {
-  const before = await allStats(true)
+  // Warm-up rounds, as the other scenarios have a warm-up: the first handshakes of a fresh process run cold code
+  // (most of all in the servers with more of it), and a long-running server is measured warm. The first round is
+  // timed too (`coldRate`).
+  let coldRate = 0
+  for (let round = 0; round * t.connections < t.warmup; round++) {
+    const w0 = performance.now()
+    const warm = await openMany(t.connections, 'sub', t.concurrency)
+    if (round === 0) coldRate = t.connections / ((performance.now() - w0) / 1000)
+    for (const conn of warm) conn.ws.terminate()
+    await allClosed()
+  }
+  // The timed round. No forced GC before it: a full collection right before makes the next thousands of
+  // allocations far dearer (for every server, 2-3x the CPU per handshake), which no server in production sees.
+  const before = await allStats()
   const cpu0 = cpuMicros()
   const t0 = performance.now()
-  const conns = await openMany(t.connections, 'sub', t.concurrency)
+  const timed = await openMany(t.connections, 'sub', t.concurrency)
   const seconds = (performance.now() - t0) / 1000
   const loadgenCpu = (cpuMicros() - cpu0) / 1e4 / seconds
-  const after = await allStats(true)
+  const after = await allStats()
   const serverMicros = after.reduce((sum, s, i) => sum + s.cpu - (before[i]?.cpu ?? 0), 0)
-  const delta = (key: keyof ServerStats): number => after.reduce((sum, s, i) => sum + s[key] - (before[i]?.[key] ?? 0), 0)
-  const lost = conns.filter((c) => !c.ws.open).length
-  for (const conn of conns) conn.ws.terminate()
+  let lost = timed.filter((c) => !c.ws.open).length
+  for (const conn of timed) conn.ws.terminate()
+  await allClosed()
+  // The memory round: the same connections again, held, between two full collections.
+  const empty = await allStats(true)
+  const held = await openMany(t.connections, 'sub', t.concurrency)
+  const full = await allStats(true)
+  const delta = (key: keyof ServerStats): number => full.reduce((sum, s, i) => sum + s[key] - (empty[i]?.[key] ?? 0), 0)
+  lost += held.filter((c) => !c.ws.open).length
+  for (const conn of held) conn.ws.terminate()
   return {
     rate: t.connections / seconds,
+    cpuPerMessage: serverMicros / t.connections,
+    coldRate,
     bytesPerConnection: (delta('heapUsed') + delta('external')) / t.connections,
     rssPerConnection: delta('rss') / t.connections,
     lost,

@@ -58,10 +58,10 @@ const scenarios: Scenario[] = [
   },
   {
     id: 'connect',
-    title: 'connection setup with JWT (2,000 connections, 50 at a time), memory per idle connection',
+    title: 'connection setup with JWT (2,000 connections, 50 at a time, after warm-up rounds of 10,000), memory per idle connection',
     kinds: KINDS,
     nodes: 1,
-    task: (kind, ports) => ({ scenario: 'connect', kind, ports, connections: 2000, concurrency: 50 })
+    task: (kind, ports) => ({ scenario: 'connect', kind, ports, connections: 2000, concurrency: 50, warmup: 10_000 })
   },
   {
     id: 'fanout-1k-redis',
@@ -202,6 +202,12 @@ try {
       '| server | per second | vs ws | p50 ms | p99 ms | server CPU / msg | heap+ext / conn | lost | server CPU | load gen CPU | other CPU |',
       '|---|---|---|---|---|---|---|---|---|---|---|',
       ...rows,
+      ...(base?.coldRate === undefined
+        ? []
+        : ['', `Cold, the first 2,000 handshakes of a fresh process: ${scenario.kinds.map((kind) => {
+            const cold = summary[kind]?.coldRate ?? 0
+            return `${KIND_NAMES[kind]} ${fmt(cold, 0)}/s (${(cold / (base.coldRate as number)).toFixed(2)}x)`
+          }).join(', ')}.`]),
       ''
     ].join('\n'))
   }

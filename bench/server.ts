@@ -11,10 +11,13 @@ import { CHANNEL, PUB_CHANNEL, SECRET, cpuMicros, type Kind, type ServerStats } 
 
 const verify = createVerifier({ key: SECRET, algorithms: ['HS256'] })
 
+/** How many connections the server has open (each kind counts its own). */
+let openConnections = (): number => 0
+
 function stats (gc: boolean): ServerStats {
   if (gc) (globalThis as { gc?: () => void }).gc?.()
   const memory = process.memoryUsage()
-  return { cpu: cpuMicros(), rss: memory.rss, heapUsed: memory.heapUsed, external: memory.external, arrayBuffers: memory.arrayBuffers }
+  return { cpu: cpuMicros(), rss: memory.rss, heapUsed: memory.heapUsed, external: memory.external, arrayBuffers: memory.arrayBuffers, open: openConnections() }
 }
 
 /** Answers the stats route on a plain http server; false for any other request. */
@@ -44,6 +47,7 @@ async function forge (): Promise<number> {
   app.socket.command('pub', { handler: (param) => { app.socket.broadcast(CHANNEL, { cmd: 'msg', param }) } })
   app.socket.command('echo', { handler: (param) => param })
   app.get('/__bench/stats', async (request) => stats((request.query as { gc?: string }).gc === '1'))
+  openConnections = () => app.socket.status().connections
   await app.listen({ port: 0, host: '127.0.0.1' })
   return (app.server.address() as { port: number }).port
 }
@@ -62,6 +66,7 @@ async function ws (): Promise<number> {
     }
   })
   const members = new Set<WebSocket>()
+  openConnections = () => wss.clients.size
   wss.on('connection', (socket, req) => {
     if (req.url === '/ws/bench') {
       members.add(socket)
@@ -89,6 +94,7 @@ async function socketio (): Promise<number> {
   const [ioHandler] = server.listeners('request') as Array<(req: IncomingMessage, res: ServerResponse) => void>
   server.removeAllListeners('request')
   server.on('request', (req: IncomingMessage, res: ServerResponse) => { if (!statsRoute(req, res)) ioHandler?.(req, res) })
+  openConnections = () => io.engine.clientsCount
   io.use((socket, next) => {
     try {
       verify(String((socket.handshake.auth as { token?: unknown }).token))
