@@ -17,6 +17,23 @@ export interface CommandContext {
   log: FastifyBaseLogger
 }
 
+/** The context each message's handler gets: `log` is the connection's, made only when a handler uses it. */
+export class MessageContext implements CommandContext {
+  readonly connection: Connection
+  readonly channel: string
+  readonly ref: string | undefined
+
+  constructor (connection: Connection, channel: string, ref: string | undefined) {
+    this.connection = connection
+    this.channel = channel
+    this.ref = ref
+  }
+
+  get log (): FastifyBaseLogger {
+    return this.connection.log
+  }
+}
+
 export type CommandHandler<P = unknown> = (param: P, ctx: CommandContext) => unknown
 
 /** What `app.socket.command(cmd, definition)` takes. */

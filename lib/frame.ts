@@ -63,10 +63,14 @@ function uncorkAll (): void {
  * size (`bufferedAmount`) counts what waits.
  */
 export function writeFrame (stream: Duplex, frame: Buffer): void {
-  if (!corked.has(stream)) {
-    stream.cork()
-    corked.add(stream)
-    if (corked.size === 1) process.nextTick(uncorkAll)
-  }
+  corkTick(stream)
   stream.write(frame)
+}
+
+/** Corks a stream until the end of the current tick (once, however often it is called in the tick). */
+export function corkTick (stream: Duplex): void {
+  if (corked.has(stream)) return
+  stream.cork()
+  corked.add(stream)
+  if (corked.size === 1) process.nextTick(uncorkAll)
 }

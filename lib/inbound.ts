@@ -1,7 +1,7 @@
 import type { RawData } from 'ws'
 import { CloseCode, errors, toClientError } from './errors.js'
 import { assertChannel, decode, type DecodeError } from './codec.js'
-import type { CommandRegistry } from './commands.js'
+import { MessageContext, type CommandRegistry } from './commands.js'
 import type { Connection } from './connection.js'
 import type { BinaryHandler } from './act.js'
 import type { ResolvedOptions } from './options.js'
@@ -104,7 +104,7 @@ export class Inbound {
     const { channel, cmd, param, ref } = message
     if (cmd === 'subscribe' || cmd === 'unsubscribe' || cmd === 'auth.refresh') return this.#reserved(conn, message)
     if (!conn.channels.has(channel)) throw new errors.FST_SOCKET_NOT_SUBSCRIBED(channel)
-    return this.#commands.run(cmd, param, { connection: conn, channel, ref, log: conn.log })
+    return this.#commands.run(cmd, param, new MessageContext(conn, channel, ref))
   }
 
   /** The reserved commands a client sends: membership and the token refresh. */

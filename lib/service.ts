@@ -13,7 +13,7 @@ import { CommandRegistry, type CommandDefinition } from './commands.js'
 import { Connection, ConnectionState, type ConnectionInfo, type Metadata } from './connection.js'
 import { Heartbeat } from './heartbeat.js'
 import { Deadlines } from './deadlines.js'
-import { directStream, textFrame } from './frame.js'
+import { corkTick, directStream, textFrame } from './frame.js'
 import { Inbound } from './inbound.js'
 import { ConnectionCounter } from './limits.js'
 import { PageState, currentPageState, runAct, type ActHandler, type ActOptions, type ActRouteOptions, type UpgradePlan, type UpgradeTicket } from './act.js'
@@ -160,6 +160,9 @@ export class SocketService {
         const upgrading = request as RequestWithPlan
         upgrading[kPlan] = ps.plan
         upgrading[kResponse] = reply.raw
+        // The upgrade completes in this tick: ws's 101 answer and the `connected` frame then leave in one write
+        // (one system call instead of two).
+        corkTick(request.raw.socket)
       },
       handler (socket, request) {
         const upgraded = request as RequestWithPlan
