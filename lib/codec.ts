@@ -16,9 +16,9 @@ const FORBIDDEN_KEYS: ReadonlySet<string> = new Set(['__proto__', 'constructor',
  * deeper than `maxDepth` or a forbidden key is an FST_SOCKET_BAD_REQUEST error: the caller answers it and the
  * connection stays open.
  *
- * The depth and key check is one iterative walk over the parsed value (no recursion, so no stack to overflow),
- * done before anything else touches the value. secure-json-parse would cover `__proto__` alone and a second walk
- * would still be needed for depth and `constructor`/`prototype`, so one walk does both.
+ * The depth and key check is one walk over the parsed value, done before anything else touches it.
+ * secure-json-parse would cover `__proto__` alone and a second walk would still be needed for depth and
+ * `constructor`/`prototype`, so one walk does both.
  */
 export function decode (text: string, maxDepth: number): InboundMessage {
   let value: unknown
@@ -31,7 +31,7 @@ export function decode (text: string, maxDepth: number): InboundMessage {
     throw new errors.FST_SOCKET_BAD_REQUEST('a message must be a JSON object')
   }
   try {
-    checkStructure(value, maxDepth)
+    checkStructure(value, 0, maxDepth)
   } catch (err) {
     throw withRef(err as FastifyError, value)
   }
@@ -54,33 +54,24 @@ function withRef (err: DecodeError, value: object): DecodeError {
   return err
 }
 
-function checkStructure (root: object, maxDepth: number): void {
-  // The envelope is depth 0, so `param` is level 1 and may nest maxDepth levels in all.
-  // Two parallel stacks, and only objects and arrays on them: nothing is allocated per primitive value.
-  const values: object[] = [root]
-  const depths: number[] = [0]
-  while (values.length > 0) {
-    const value = values.pop() as object
-    const depth = depths.pop() as number
-    if (depth > maxDepth) throw new errors.FST_SOCKET_BAD_REQUEST(`nesting deeper than ${maxDepth} levels`)
-    if (Array.isArray(value)) {
-      for (const item of value) {
-        if (typeof item === 'object' && item !== null) {
-          values.push(item)
-          depths.push(depth + 1)
-        }
-      }
-      continue
+/**
+ * The depth and key check. Recursive, and safe to be: it never goes deeper than `maxDepth` (at most 256) before it
+ * throws, whatever the input, so the stack stays small; and it allocates nothing, which matters on every message.
+ * The envelope is depth 0, so `param` is level 1 and may nest maxDepth levels in all.
+ */
+function checkStructure (value: object, depth: number, maxDepth: number): void {
+  if (depth > maxDepth) throw new errors.FST_SOCKET_BAD_REQUEST(`nesting deeper than ${maxDepth} levels`)
+  if (Array.isArray(value)) {
+    for (const item of value) {
+      if (typeof item === 'object' && item !== null) checkStructure(item, depth + 1, maxDepth)
     }
-    // JSON.parse makes plain objects: `for…in` sees their own keys (`__proto__` included) and nothing inherited.
-    for (const key in value) {
-      if (FORBIDDEN_KEYS.has(key)) throw new errors.FST_SOCKET_BAD_REQUEST(`the key "${key}" is not allowed`)
-      const item = (value as Record<string, unknown>)[key]
-      if (typeof item === 'object' && item !== null) {
-        values.push(item)
-        depths.push(depth + 1)
-      }
-    }
+    return
+  }
+  // JSON.parse makes plain objects: `for…in` sees their own keys (`__proto__` included) and nothing inherited.
+  for (const key in value) {
+    if (FORBIDDEN_KEYS.has(key)) throw new errors.FST_SOCKET_BAD_REQUEST(`the key "${key}" is not allowed`)
+    const item = (value as Record<string, unknown>)[key]
+    if (typeof item === 'object' && item !== null) checkStructure(item, depth + 1, maxDepth)
   }
 }
 
