@@ -181,8 +181,10 @@ try {
     }
     const perKind: Partial<Record<Kind, Measured[]>> = {}
     for (let run = 0; run < runs; run++) {
-      // Kinds interleaved, so a disturbance on the machine spreads over all of them.
-      for (const kind of scenario.kinds) (perKind[kind] ??= []).push(await runOnce(scenario, kind, scenario.nodes > 1 ? redis?.url : undefined))
+      // Kinds interleaved, so a disturbance on the machine spreads over all of them, and their order rotated from
+      // run to run, so no kind always goes first (right after the previous scenario) or last.
+      const order = scenario.kinds.map((_, i) => scenario.kinds[(i + run) % scenario.kinds.length] as Kind)
+      for (const kind of order) (perKind[kind] ??= []).push(await runOnce(scenario, kind, scenario.nodes > 1 ? redis?.url : undefined))
     }
     const summary: Partial<Record<Kind, Measured>> = {}
     for (const kind of scenario.kinds) summary[kind] = medians(perKind[kind] ?? [])
