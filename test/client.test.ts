@@ -1,6 +1,6 @@
 import t, { type Test } from 'tap'
 import { once } from 'node:events'
-import { createServer, type AddressInfo } from 'node:net'
+import { createServer, type AddressInfo, type Socket as NetSocket } from 'node:net'
 import type { IncomingMessage } from 'node:http'
 import { setTimeout as sleep } from 'node:timers/promises'
 import type { FastifyInstance } from 'fastify'
@@ -711,6 +711,55 @@ t.test('heartbeat', async (t) => {
     await pongs.until((items) => items.length >= 3 && Date.now() - opened > 200)
     t.same(states.items, ['connecting>open'])
     t.equal(s.upgrades.items.length, 1)
+  })
+})
+
+t.test('handshake timeout', async (t) => {
+  t.test('a server that takes the TCP connection and never answers the upgrade is given up on, and retried', async (t) => {
+    const accepted = new Seen<NetSocket>()
+    const tcp = createServer((sock) => accepted.push(sock))
+    tcp.listen(0, '127.0.0.1')
+    await once(tcp, 'listening')
+    t.after(async () => {
+      for (const sock of accepted.items) sock.destroy()
+      tcp.close()
+      await once(tcp, 'close')
+    })
+    const { port } = tcp.address() as AddressInfo
+    const { socket, lines, states } = client(t, { url: `ws://127.0.0.1:${port}/ws`, connectTimeout: 100 })
+    await accepted.count(2)
+    t.equal(states.items[0], 'connecting>reconnecting')
+    t.ok(lines.items.includes('[forge-socket] no connected within 100 ms'))
+    t.ok(lines.items.includes('[forge-socket] closed 1006 handshake timeout'))
+    socket.close()
+  })
+
+  t.test('an upgrade without `connected` is given up on too; one with it in time stays open', async (t) => {
+    const wss = new WebSocketServer({ port: 0, host: '127.0.0.1' })
+    await once(wss, 'listening')
+    const connections = new Seen<WebSocket>()
+    wss.on('connection', (ws) => {
+      const n = connections.items.length
+      connections.push(ws)
+      // The first connection is upgraded and then left silent.
+      if (n > 0) ws.send(JSON.stringify({ channel: 'home', cmd: 'connected', param: { connectionId: `raw-${n}`, channels: ['home'] } }))
+    })
+    t.after(async () => {
+      for (const ws of wss.clients) ws.terminate()
+      wss.close()
+      await once(wss, 'close')
+    })
+    const { port } = wss.address() as AddressInfo
+    const { socket, states } = client(t, { url: `ws://127.0.0.1:${port}/ws`, connectTimeout: 100, heartbeat: false })
+    await inState(socket, 'open')
+    t.same(states.items, ['connecting>reconnecting', 'reconnecting>open'])
+    t.equal(socket.connectionId, 'raw-1')
+    // Past the timeout, the open connection is kept: the timer ended with `connected`.
+    const [, second] = connections.items as [WebSocket, WebSocket]
+    await sleep(250)
+    t.equal(socket.state, 'open')
+    t.equal(second.readyState, WebSocket.OPEN)
+    t.equal(connections.items.length, 2)
   })
 })
 

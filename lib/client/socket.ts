@@ -43,6 +43,8 @@ export interface SocketOptions {
   heartbeat?: { interval?: number, timeout?: number } | false
   /** Default timeout of `request()`, in ms. Default 10000. */
   requestTimeout?: number
+  /** How long an attempt may take until the server's `connected`, in ms; then it is given up and retried. Default 10000. */
+  connectTimeout?: number
   /**
    * With a token provider: this many ms before the token's `exp`, the provider is asked for a fresh token, which
    * goes to the server in band (`auth.refresh`) so the connection is not closed with 4001. Default 30000.
@@ -101,6 +103,7 @@ export class Socket {
   readonly #resetAfter: number
   readonly #heartbeat: { interval: number, timeout: number } | null
   readonly #requestTimeout: number
+  readonly #connectTimeout: number
   readonly #debug: boolean
   readonly #logger: (line: string) => void
   readonly #queue: OutboundQueue
@@ -122,6 +125,7 @@ export class Socket {
   #stableTimer: ReturnType<typeof setTimeout> | undefined
   #heartbeatTimer: ReturnType<typeof setInterval> | undefined
   #refreshTimer: ReturnType<typeof setTimeout> | undefined
+  #handshakeTimer: ReturnType<typeof setTimeout> | undefined
   #currentToken: string | undefined
   readonly #refreshBefore: number
 
@@ -139,6 +143,7 @@ export class Socket {
     this.#resetAfter = (options.reconnect === false ? undefined : options.reconnect?.resetAfter) ?? 5000
     this.#heartbeat = options.heartbeat === false ? null : { interval: 25_000, timeout: 10_000, ...options.heartbeat }
     this.#requestTimeout = options.requestTimeout ?? 10_000
+    this.#connectTimeout = options.connectTimeout ?? 10_000
     this.#refreshBefore = options.refreshBefore ?? 30_000
     this.#debug = options.debug ?? false
     this.#logger = options.logger ?? ((line) => console.debug(line))
@@ -296,6 +301,15 @@ export class Socket {
     ws.onclose = (event) => this.#closed(ws, event.code, event.reason)
     // The close event that follows says what happened; an error event alone carries nothing useful.
     ws.onerror = () => {}
+    // A server that takes the connection and never answers (a hung proxy, a half-open path) must not hold the
+    // client for the minutes a TCP timeout takes: without `connected` in time, the attempt is given up and retried.
+    this.#handshakeTimer = setTimeout(() => {
+      if (ws !== this.#ws) return
+      this.#log(`no connected within ${this.#connectTimeout} ms`)
+      ws.onclose = null
+      ws.close()
+      this.#closed(ws, 1006, 'handshake timeout')
+    }, this.#connectTimeout)
   }
 
   #frame (data: unknown): void {
@@ -326,6 +340,7 @@ export class Socket {
   }
 
   #opened (message: Message<ServerParam<'connected'>>): void {
+    clearTimeout(this.#handshakeTimer)
     this.#connectionId = message.param.connectionId
     this.#home = message.channel
     // Queued messages go before the application hears of the open (state listeners included), so they keep their
@@ -353,6 +368,7 @@ export class Socket {
   #closed (ws: WebSocketLike, code: number, reason: string): void {
     if (ws !== this.#ws) return
     this.#ws = null
+    clearTimeout(this.#handshakeTimer)
     clearTimeout(this.#stableTimer)
     clearInterval(this.#heartbeatTimer)
     clearTimeout(this.#refreshTimer)
@@ -443,6 +459,7 @@ export class Socket {
   #stop (): void {
     this.#setState('closed')
     clearTimeout(this.#retryTimer)
+    clearTimeout(this.#handshakeTimer)
     clearTimeout(this.#stableTimer)
     clearInterval(this.#heartbeatTimer)
     clearTimeout(this.#refreshTimer)
