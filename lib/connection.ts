@@ -12,7 +12,7 @@ import type { BinaryHandler } from './act.js'
 import type { Deadlined } from './deadlines.js'
 
 /** The options a connection reads: its inbound limits and its send buffer's. */
-export type ConnectionLimits = Pick<ResolvedOptions, 'rateLimit' | 'badFrames' | 'sendBufferLimit'>
+export type ConnectionLimits = Pick<ResolvedOptions, 'rateLimit' | 'badFrames' | 'sendBufferLimit' | 'heartbeat'>
 
 /** A connection refused more frames than `rateLimit.perSecond` allows in this many seconds is closed (1008). */
 export const ABUSE_WINDOW_SECONDS = 5
@@ -59,6 +59,12 @@ export interface ConnectionInit {
   log: FastifyBaseLogger
   onBinary: BinaryHandler | undefined
   limits: ConnectionLimits
+}
+
+function dropIfOpen (conn: Connection): void {
+  if (conn.state === ConnectionState.CLOSED) return
+  conn.log.info('slow consumer did not complete the close: terminating')
+  conn.terminate()
 }
 
 /**
@@ -175,6 +181,10 @@ export class Connection implements Deadlined {
     if (this.#socket.bufferedAmount > this.#limits.sendBufferLimit) {
       this.log.warn({ bufferedAmount: this.#socket.bufferedAmount }, 'slow consumer: closing')
       this.close(CloseCode.SLOW_CONSUMER, 'slow consumer: send buffer over its limit')
+      // The close frame waits behind everything the client has not read. It gets `heartbeat.timeout` to read up
+      // to it; then the TCP connection is dropped, instead of ws's 30 s wait for the closing handshake with the
+      // whole send buffer held.
+      setTimeout(dropIfOpen, this.#limits.heartbeat.timeout, this).unref()
       return false
     }
     return true

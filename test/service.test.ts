@@ -516,6 +516,25 @@ t.test('a slow consumer is closed with 4008 and the others keep receiving', asyn
   t.same(app.socket.connections().map((c) => c.id), [fast.id])
 })
 
+t.test('a slow consumer that never reads up to its close frame is dropped after heartbeat.timeout', async (t) => {
+  const { app, open, closedOnServer } = await start(t, { sendBufferLimit: 1024, heartbeat: { interval: 60_000, timeout: 100 } })
+  const slow = await open('/ws/room/a', 'slow')
+  const socket = (slow.client.ws as unknown as { _socket: { pause: () => void } })._socket
+  socket.pause()
+  const param = 'x'.repeat(16 * 1024)
+  let sent = 0
+  while (app.socket.broadcast('room-a', { cmd: 'load', param }) === 1 && sent < 5000) {
+    sent++
+    // Each send waits for the socket to take what it can, so the kernel buffers fill before ours grows.
+    await new Promise((resolve) => setImmediate(resolve))
+  }
+  const started = Date.now()
+  // It never resumes: without the grace, ws would hold it (and its send buffer) for 30 s.
+  t.equal(await closedOnServer(slow.id), 1006, 'dropped without a closing handshake')
+  t.ok(Date.now() - started < 5000, 'well before ws\'s own 30 s')
+  t.same(app.socket.connections(), [])
+})
+
 t.test('no leaks once every client is gone', async (t) => {
   const { app, open, closedOnServer } = await start(t)
   const clients = [
