@@ -7,6 +7,7 @@ import {
   OutboundQueue,
   QueueFullError,
   resolveUrl,
+  Socket,
   SocketError,
   type BackoffOptions,
   type DropReason,
@@ -269,4 +270,63 @@ t.test('resolveUrl', async (t) => {
   t.equal(err.name, 'SocketError')
   t.match(err.message, /\/ws\/notifications/)
   t.equal(err.closeCode, undefined)
+})
+
+t.test('Socket options are checked when it is made', async (t) => {
+  /** A WebSocket class that never connects: enough for a Socket to be made and closed. */
+  class Inert {
+    readyState = 0
+    onmessage: unknown = null
+    onclose: unknown = null
+    onerror: unknown = null
+    send (): void {}
+    close (): void {}
+  }
+  const base = { url: 'ws://127.0.0.1:1/ws', WebSocket: Inert }
+  const bad: Array<[Record<string, unknown>, RegExp]> = [
+    [{ url: '' }, /^options\.url must be a non-empty string \(got ""\)$/],
+    [{ url: 7 }, /^options\.url must be a non-empty string \(got 7\)$/],
+    [{ token: 42 }, /^options\.token must be a string or a function/],
+    [{ tokenIn: 'header' }, /^options\.tokenIn must be one of 'protocol', 'query' \(got "header"\)$/],
+    [{ debug: 'yes' }, /^options\.debug must be a boolean/],
+    [{ onError: 'log' }, /^options\.onError must be a function/],
+    [{ WebSocket: {} }, /^options\.WebSocket must be a function \(got object\)$/],
+    [{ reconnect: true }, /^options\.reconnect must be false or an object \(got true\)$/],
+    [{ reconnect: { initialDelay: -1 } }, /^options\.reconnect\.initialDelay must be a number ≥ 0 \(got -1\)$/],
+    [{ reconnect: { factor: 0.5 } }, /^options\.reconnect\.factor must be a number ≥ 1/],
+    [{ reconnect: { jitter: 2 } }, /^options\.reconnect\.jitter must be a number from 0 to 1 \(got 2\)$/],
+    [{ reconnect: { maxDelay: Number.NaN } }, /^options\.reconnect\.maxDelay must be a number ≥ 0 \(got NaN\)$/],
+    [{ queue: { max: 1.5 } }, /^options\.queue\.max must be an integer ≥ 0 \(got 1\.5\)$/],
+    [{ queue: { maxBytes: -1 } }, /^options\.queue\.maxBytes must be an integer ≥ 0/],
+    [{ queue: { overflow: 'block' } }, /^options\.queue\.overflow must be one of 'drop-oldest', 'drop-newest', 'error'/],
+    [{ heartbeat: { interval: 0 } }, /^options\.heartbeat\.interval must be a number > 0 \(got 0\)$/],
+    [{ requestTimeout: '5s' }, /^options\.requestTimeout must be a number > 0 \(got "5s"\)$/],
+    [{ connectTimeout: Infinity }, /^options\.connectTimeout must be a number > 0 \(got Infinity\)$/],
+    [{ refreshBefore: -5 }, /^options\.refreshBefore must be a number ≥ 0/]
+  ]
+  for (const [change, message] of bad) {
+    t.throws(() => new Socket({ ...base, ...change } as never), { name: 'SocketError', code: 'FST_SOCKET_INVALID_OPTIONS', message }, JSON.stringify(change))
+  }
+  t.throws(() => new Socket(null as never), { code: 'FST_SOCKET_INVALID_OPTIONS', message: 'The Socket options must be an object' })
+
+  const good = new Socket({
+    ...base,
+    token: () => 'jwt',
+    tokenIn: 'query',
+    debug: false,
+    logger: () => {},
+    reconnect: { initialDelay: 0, maxDelay: 0, factor: 1, jitter: 0, resetAfter: 0 },
+    queue: { max: 0, maxBytes: 0, ttl: 0, overflow: 'error' },
+    heartbeat: false,
+    requestTimeout: 1,
+    connectTimeout: 1,
+    refreshBefore: 0,
+    onOpen: () => {},
+    onStateChange: () => {}
+  })
+  t.equal(good.state, 'connecting', 'the edges of every range are allowed')
+  good.close()
+  const off = new Socket({ ...base, reconnect: false })
+  off.close()
+  t.equal(off.state, 'closed')
 })

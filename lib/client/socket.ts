@@ -1,5 +1,6 @@
 import { DEFAULT_BACKOFF, backoffDelay, type BackoffOptions } from './backoff.js'
 import { closeAction } from './close-policy.js'
+import { checkOptions } from './options.js'
 import { DEFAULT_QUEUE, OutboundQueue, type DropReason, type Queued, type QueueOptions } from './queue.js'
 import {
   SocketError,
@@ -133,6 +134,7 @@ export class Socket {
   constructor (debug: boolean, onOpen?: () => void, onMessage?: (message: Message) => void, onError?: (error: SocketError) => void, url?: string)
   constructor (first: SocketOptions | boolean, onOpen?: () => void, onMessage?: (message: Message) => void, onError?: (error: SocketError) => void, url = '/ws') {
     const options: SocketOptions = typeof first === 'object' ? first : { url, debug: first, onOpen, onMessage, onError }
+    checkOptions(options)
     this.#url = resolveUrl(options.url)
     this.#token = options.token
     this.#tokenIn = options.tokenIn ?? 'protocol'
