@@ -105,7 +105,7 @@ export class Connection implements Deadlined {
   readonly #stream: Duplex | null
   readonly #limits: ConnectionLimits
   #metadata: Metadata | null
-  #parentLog: FastifyBaseLogger
+  readonly #parentLog: FastifyBaseLogger
   #log: FastifyBaseLogger | null = null
   // Made on first use: an idle connection sends nothing, and most never have a frame refused or a malformed one.
   #rate: TokenBucket | null = null
@@ -140,7 +140,7 @@ export class Connection implements Deadlined {
     return (this.#rate ??= new TokenBucket(this.#limits.rateLimit.perSecond, this.#limits.rateLimit.burst, Date.now()))
   }
 
-/** "Sustained abuse": more frames refused in a window than the rate allows in that window. */
+  /** "Sustained abuse": more frames refused in a window than the rate allows in that window. */
   get refused (): WindowCounter {
     return (this.#refused ??= new WindowCounter(this.#limits.rateLimit.perSecond * ABUSE_WINDOW_SECONDS, ABUSE_WINDOW_SECONDS * 1000))
   }

@@ -308,9 +308,7 @@ export class Socket {
     this.#handshakeTimer = setTimeout(() => {
       if (ws !== this.#ws) return
       this.#log(`no connected within ${this.#connectTimeout} ms`)
-      ws.onclose = null
-      ws.close()
-      this.#closed(ws, 1006, 'handshake timeout')
+      this.#abandon(ws, 'handshake timeout')
     }, this.#connectTimeout)
   }
 
@@ -438,6 +436,13 @@ export class Socket {
     }
   }
 
+  /** Gives up on a socket that does not answer: closed without waiting for its close event, as a 1006. */
+  #abandon (ws: WebSocketLike, reason: string): void {
+    ws.onclose = null
+    ws.close()
+    this.#closed(ws, 1006, reason)
+  }
+
   #startHeartbeat (): void {
     if (this.#heartbeat === null) return
     const { interval, timeout } = this.#heartbeat
@@ -449,9 +454,7 @@ export class Socket {
       if (ws === null) return
       if (silent >= interval + timeout) {
         this.#log(`server silent for ${silent} ms`)
-        ws.onclose = null
-        ws.close()
-        this.#closed(ws, 1006, 'heartbeat timeout')
+        this.#abandon(ws, 'heartbeat timeout')
       } else if (silent >= interval) {
         ws.send(JSON.stringify({ channel: this.#home, cmd: 'ping', param: null }))
       }
