@@ -135,6 +135,15 @@ export class Connection implements Deadlined {
     return (this.#log ??= this.#parentLog.child({ connId: this.id }))
   }
 
+  /**
+   * A debug line with `connId`, through the connection's logger if it was made, else through the upgrade's: debug
+   * lines are usually off and one is written on every close, so none of them makes a child logger.
+   */
+  debug (fields: Record<string, unknown>, message: string): void {
+    if (this.#log !== null) this.#log.debug(fields, message)
+    else this.#parentLog.debug({ connId: this.id, ...fields }, message)
+  }
+
   /** Inbound frames: `rateLimit.perSecond`, with `rateLimit.burst` saved up (full when first used, as at open). */
   get rate (): TokenBucket {
     return (this.#rate ??= new TokenBucket(this.#limits.rateLimit.perSecond, this.#limits.rateLimit.burst, Date.now()))

@@ -139,7 +139,7 @@ export class Inbound {
 
   #sendError (conn: Connection, channel: string, ref: string | undefined, err: unknown): void {
     const { exposed, ...param } = toClientError(err)
-    if (exposed) conn.log.debug({ code: param.code }, 'message refused')
+    if (exposed) conn.debug({ code: param.code }, 'message refused')
     else conn.log.error({ err }, 'command handler failed')
     this.#host.reply(conn, { channel, cmd: 'error', param, ref })
   }

@@ -537,7 +537,7 @@ export class SocketService {
     this.#perIp.remove(conn.ip)
     this.#perUser.remove(conn.profileId)
     this.#expiries.delete(conn)
-    conn.log.debug({ code }, 'connection closed')
+    conn.debug({ code }, 'connection closed')
     if (this.#connections.size === 0) this.#drained?.()
     // Each step fails alone: a broker error must not keep the connection in its other channels (a leak), and one
     // application hook must not stop the others.

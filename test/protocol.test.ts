@@ -340,7 +340,8 @@ t.test('an unexpected handler failure is logged with its error; a refused messag
   app.socket.command('throw', { handler: () => { throw new Error('disk full') } })
   app.socket.command('forbid', { handler: () => { throw forbidden() } })
   t.after(() => app.close())
-  const { client } = await connect(`${await listen(app)}/ws/a`, TOKEN)
+  const base = await listen(app)
+  const { client } = await connect(`${base}/ws/a`, TOKEN)
   t.strictSame(await client.request(HOME, 'throw', { secret: 'payload' }, 'l1'), error('FST_SOCKET_HANDLER_FAILED', 'The command handler failed', 'l1'))
   t.strictSame(await client.request(HOME, 'forbid', null, 'l2'), error('FST_SOCKET_FORBIDDEN', 'Forbidden: access denied', 'l2'))
   const failed = lines.filter((l) => l.msg === 'command handler failed')
@@ -351,6 +352,15 @@ t.test('an unexpected handler failure is logged with its error; a refused messag
   const refused = lines.filter((l) => l.msg === 'message refused')
   t.strictSame(refused.map((l) => [l.level, l.code]), [[20, 'FST_SOCKET_FORBIDDEN']], 'a refusal is a debug line with its code')
   t.notOk(lines.some((l) => JSON.stringify(l).includes('payload')), 'no param is logged')
+
+  // A connection that never had an error logged: its debug lines carry its id all the same.
+  const closed = new Promise<string>((resolve) => app.socket.onClose((conn) => resolve(conn.id)))
+  const second = await connect(`${base}/ws/a`, TOKEN)
+  await second.client.request(HOME, 'forbid', null, 'l3')
+  second.client.close()
+  const secondId = await closed
+  const ofSecond = lines.filter((l) => l.connId === secondId).map((l) => l.msg)
+  t.ok(['connection open', 'message refused', 'connection closed'].every((msg) => ofSecond.includes(msg)), `open, refused and closed lines with its connId: ${ofSecond.join(', ')}`)
 })
 
 t.test('registering commands', async (t) => {
