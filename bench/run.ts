@@ -1,6 +1,6 @@
 // `npm run bench`: forge-socket, raw ws and socket.io 4 side by side, each server in a process of its own and the
 // load generator in another. Prints a table and the targets, and writes the figures to bench/results/latest.json.
-// Options: --runs N (default 3; medians are reported), --quick (1 run, shorter), --only <scenario id>,
+// Options: --runs N (default 5; medians are reported), --quick (1 run, shorter), --only <scenario id>,
 // --pin (with two or more cores and `taskset`: the servers on core 0, the load generator on core 1, so neither
 // takes the other's core; both nodes of the Redis scenario then share one core).
 import { spawn, execFileSync, type ChildProcess } from 'node:child_process'
@@ -19,7 +19,7 @@ const ROOT = fileURLToPath(new URL('../../', import.meta.url))
 
 const { values: args } = parseArgs({ options: { runs: { type: 'string' }, quick: { type: 'boolean' }, only: { type: 'string' }, pin: { type: 'boolean' } } })
 const quick = args.quick === true
-const runs = Number(args.runs ?? (quick ? 1 : 3))
+const runs = Number(args.runs ?? (quick ? 1 : 5))
 const warmup = quick ? 500 : 1000
 const duration = quick ? 2000 : 4000
 
