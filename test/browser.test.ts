@@ -1,12 +1,15 @@
 // The demo page, with forge-socket's client, in Debian's Chromium driven by playwright-core: two people log in and
-// chat, one gets a notification, the server is killed and restarted, and both pages recover.
+// chat, one gets a notification, the server is killed and restarted, and both pages recover. And what a browser
+// makes of a refused upgrade, whose status it cannot see.
 import t from 'tap'
 import { existsSync } from 'node:fs'
 import { stat } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { chromium, type Browser, type Page } from 'playwright-core'
-import { freePort, startDemo, type DemoProcess } from './helpers/demo-process.js'
+import fastifyStatic from '@fastify/static'
+import { freePort, ROOT, startDemo, type DemoProcess } from './helpers/demo-process.js'
+import { build } from './helpers/server.js'
 
 const CHROMIUM = process.env.CHROMIUM_PATH ?? '/usr/bin/chromium'
 const SECRET = 'browser-test-secret'
@@ -20,15 +23,22 @@ if (!existsSync(CHROMIUM)) {
     t.plan(0, `no Chromium at ${CHROMIUM}: install Debian's chromium to run the browser tests`)
   }
 } else {
+  // One browser for every test here (each gets its own pages): launched by the first that asks.
+  let launched: Promise<Browser> | undefined
+  const launch = (): Promise<Browser> => {
+    launched ??= chromium.launch({
+      executablePath: CHROMIUM,
+      args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-quic', '--no-first-run', '--disable-component-update', '--disable-sync']
+    })
+    return launched
+  }
+  t.teardown(async () => { await (await launched)?.close() })
+
   t.test('two people chat in the demo page, and both recover from a server restart', async (t) => {
     const port = await freePort()
     let demo: DemoProcess = await startDemo({ port, secret: SECRET })
     t.after(() => demo.kill())
-    const browser: Browser = await chromium.launch({
-      executablePath: CHROMIUM,
-      args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-quic', '--no-first-run', '--disable-component-update', '--disable-sync']
-    })
-    t.after(() => browser.close())
+    const browser = await launch()
     const errors: string[] = []
 
     async function open (name: string): Promise<Page> {
@@ -89,5 +99,58 @@ if (!existsSync(CHROMIUM)) {
     await ann.screenshot({ path: shot })
     t.ok((await stat(shot)).size > 10_000, `screenshot taken: ${shot}`)
     t.same(errors, [], 'no script errors on the pages')
+  })
+
+  t.test('a refused upgrade is reported as a failed handshake, and reconnect.maxAttempts ends the retries', async (t) => {
+    // forge-socket in this process (no demo to start), serving an empty page and the built client beside it.
+    const clientDir = join(ROOT, 'dist', 'lib', 'client')
+    if (!existsSync(join(clientDir, 'index.js'))) return t.fail(`${clientDir} is missing: run \`npm run build\` first (npm test does it in pretest)`)
+    let upgrades = 0
+    const app = await build({}, async (app) => {
+      await app.register(fastifyStatic, { root: clientDir, prefix: '/client/' })
+      app.get('/', (_request, reply) => reply.type('text/html').send('<!doctype html><title>forge-socket</title>'))
+      app.get('/ws/:room', app.socket.act('room', (app, ps) => ps.upgrade(`room-${ps.requestString('room', true)}`)))
+    })
+    app.server.prependListener('upgrade', () => { upgrades++ })
+    t.after(() => app.close())
+    const origin = await app.listen({ port: 0, host: '127.0.0.1' })
+    const page = await (await launch()).newPage()
+    t.after(() => page.close())
+    const pageErrors: string[] = []
+    page.on('pageerror', (err) => pageErrors.push(err.message))
+    await page.goto(origin)
+    // Without a token the route refuses with 401 before the upgrade. Run in the page; it rejects (and the test
+    // fails with what it saw) if the socket is not closed within WAIT.
+    const seen = await page.evaluate(`(async () => {
+      const { Socket } = await import('/client/index.js')
+      const errors = []
+      const states = []
+      let attempts = 0
+      await new Promise((resolve, reject) => {
+        const timer = setTimeout(() => reject(new Error('not closed in time: ' + JSON.stringify({ errors, states }))), ${WAIT.timeout})
+        new Socket({
+          url: '/ws/a',
+          reconnect: { initialDelay: 10, maxDelay: 50, maxAttempts: 2 },
+          debug: true,
+          logger: (line) => { if (line.startsWith('[forge-socket] connect ')) attempts++ },
+          onError: (e) => errors.push({ code: e.code, closeCode: e.closeCode ?? null, status: e.status ?? null }),
+          onStateChange: (state) => {
+            states.push(state)
+            if (state !== 'closed') return
+            clearTimeout(timer)
+            resolve()
+          }
+        })
+      })
+      return { errors, states, attempts }
+    })()`)
+    const failed = { code: 'FST_SOCKET_HANDSHAKE_FAILED', closeCode: 1006, status: null }
+    t.same(seen, {
+      errors: [failed, failed, failed, { code: 'FST_SOCKET_MAX_ATTEMPTS', closeCode: null, status: null }],
+      states: ['reconnecting', 'closed'],
+      attempts: 3
+    }, 'each refused attempt reported without a status (the browser hides it); given up after two more')
+    t.equal(upgrades, 3, 'the server refused three upgrades')
+    t.same(pageErrors, [])
   })
 }

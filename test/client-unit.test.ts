@@ -1,4 +1,5 @@
 import t from 'tap'
+import { readdir, readFile } from 'node:fs/promises'
 import {
   backoffDelay,
   closeAction,
@@ -6,13 +7,18 @@ import {
   DEFAULT_QUEUE,
   OutboundQueue,
   QueueFullError,
+  refusalAction,
   resolveUrl,
+  RETRY_AFTER_CAP,
+  retryAfterMs,
   Socket,
   SocketError,
   type BackoffOptions,
   type DropReason,
   type QueueOptions
 } from '../lib/client/index.js'
+import { watchRefusal, type Refusal, type UpgradeResponse } from '../lib/client/refusal.js'
+import { inState } from './helpers/client-state.js'
 
 /** A seeded pseudo-random source (mulberry32), so the "many draws" checks are the same on every run. */
 function seeded (seed: number): () => number {
@@ -88,6 +94,144 @@ t.test('closeAction follows the close-code policy', async (t) => {
   t.equal(closeAction(4001), 'refresh-token')
   t.equal(closeAction(1013), 'reconnect-slowly')
   for (const code of [1001, 1003, 1006, 1007, 1008, 1009, 1011, 4008, 4999]) t.equal(closeAction(code), 'reconnect', `${code} reconnects`)
+})
+
+t.test('refusalAction: what an HTTP status before the upgrade makes the client do', async (t) => {
+  t.equal(refusalAction(401), 'refresh-token')
+  for (const status of [429, 503]) t.equal(refusalAction(status), 'reconnect-slowly', `${status} backs off longer`)
+  for (const status of [408, 500, 502, 504, 599]) t.equal(refusalAction(status), 'reconnect', `${status} backs off`)
+  for (const status of [0, 101, 200, 301, 302, 400, 403, 404, 405, 426, 431, 600]) t.equal(refusalAction(status), 'stop', `${status} stops`)
+})
+
+t.test('retryAfterMs', async (t) => {
+  const now = Date.parse('2025-01-01T00:00:00Z')
+  t.equal(retryAfterMs('120', now), 120_000, 'delay-seconds')
+  t.equal(retryAfterMs(' 5 ', now), 5000, 'with spaces')
+  t.equal(retryAfterMs('0', now), 0)
+  t.equal(retryAfterMs('Wed, 01 Jan 2025 00:00:30 GMT', now), 30_000, 'an HTTP date')
+  t.equal(retryAfterMs('Tue, 31 Dec 2024 23:00:00 GMT', now), 0, 'a date in the past is now')
+  t.equal(retryAfterMs(['7', '9'], now), 7000, 'the first of repeated headers')
+  t.equal(retryAfterMs('86400', now), RETRY_AFTER_CAP, 'a day is cut to the cap')
+  t.equal(RETRY_AFTER_CAP, 300_000, 'five minutes')
+  t.equal(retryAfterMs('9'.repeat(400), now), RETRY_AFTER_CAP)
+  for (const bad of [undefined, '', '   ', 'soon', '1.5', []]) t.equal(retryAfterMs(bad as string | string[] | undefined, now), 0, `${JSON.stringify(bad)} is none`)
+  t.ok(retryAfterMs(new Date(Date.now() + 60_000).toUTCString()) > 50_000, 'now is Date.now() by default')
+})
+
+t.test('watchRefusal', async (t) => {
+  /** A fake `ws` WebSocket and the response it would hand to 'unexpected-response'. */
+  function refusedWith (status: number | undefined, headers: Record<string, string> = {}): { refusal: () => Refusal | undefined, reads: () => number, emit: (event: string, chunk?: string) => void } {
+    const listeners = new Map<string, Array<(chunk: string) => void>>()
+    let seen: Refusal | undefined
+    let reads = 0
+    const response: UpgradeResponse = {
+      statusCode: status,
+      headers,
+      setEncoding: () => response,
+      on: (event: string, fn: (chunk: string) => void) => { listeners.set(event, [...(listeners.get(event) ?? []), fn]); return response }
+    }
+    const ws = {
+      on: (event: string, fn: (request: unknown, response: UpgradeResponse) => void) => { if (event === 'unexpected-response') fn({}, response) }
+    }
+    watchRefusal(ws, (refusal) => { seen = refusal }, () => { reads++ })
+    return {
+      refusal: () => seen,
+      reads: () => reads,
+      emit: (event, chunk = '') => { for (const fn of listeners.get(event) ?? []) fn(chunk) }
+    }
+  }
+
+  t.test('the status and Retry-After at once, the code once the body has ended', async (t) => {
+    const r = refusedWith(429, { 'retry-after': '3' })
+    t.same(r.refusal(), { status: 429, retryAfter: 3000, serverCode: undefined })
+    t.equal(r.reads(), 0, 'the body is still to come')
+    r.emit('data', '{"statusCode":429,"code":"FST_SOCKET_')
+    r.emit('data', 'TOO_MANY_CONNECTIONS","error":"Too Many Requests"}')
+    r.emit('end')
+    r.emit('close')
+    t.equal(r.refusal()?.serverCode, 'FST_SOCKET_TOO_MANY_CONNECTIONS')
+    t.equal(r.reads(), 1, 'done once, however the body ends')
+  })
+
+  t.test('a body that is not a plausible error body has no code', async (t) => {
+    for (const body of ['not json', 'null', '"FST_X"', '[1]', '{"code":42}', '{"code":"has spaces"}', `{"code":"${'A'.repeat(65)}"}`, '{}']) {
+      const r = refusedWith(400)
+      r.emit('data', body)
+      r.emit('end')
+      t.equal(r.refusal()?.serverCode, undefined, body.slice(0, 20))
+    }
+    const ok = refusedWith(404)
+    ok.emit('data', '{"code":"ROOM_GONE"}')
+    ok.emit('end')
+    t.equal(ok.refusal()?.serverCode, 'ROOM_GONE', 'an application code')
+  })
+
+  t.test('read at most 4096 characters; an error or a close ends it too', async (t) => {
+    const long = refusedWith(503)
+    long.emit('data', 'x'.repeat(4095))
+    t.equal(long.reads(), 0)
+    long.emit('data', 'x')
+    t.equal(long.reads(), 1, 'done without waiting for the end')
+    long.emit('data', 'x')
+    long.emit('end')
+    t.equal(long.reads(), 1)
+    for (const event of ['error', 'close']) {
+      const cut = refusedWith(undefined)
+      cut.emit(event)
+      t.same({ ...cut.refusal(), reads: cut.reads() }, { status: 0, retryAfter: 0, serverCode: undefined, reads: 1 }, `${event}; no status is 0`)
+    }
+  })
+
+  t.test("a browser's WebSocket has no `on`: nothing is watched", async (t) => {
+    t.doesNotThrow(() => watchRefusal({}, () => t.fail('no refusal'), () => t.fail('no read')))
+  })
+})
+
+t.test("a WebSocket that shows nothing (a browser's): a close before `connected` is a failed handshake", async (t) => {
+  // What each attempt's error event carries: a browser's Event has no message (nor does anything else here).
+  const events: unknown[] = [{ type: 'error' }, null, { message: 42 }]
+  class Refused {
+    readyState = 0
+    onopen: unknown = null
+    onmessage: unknown = null
+    onclose: ((event: { code: number, reason: string }) => void) | null = null
+    onerror: ((event: unknown) => void) | null = null
+    constructor () {
+      setTimeout(() => {
+        this.readyState = 3
+        this.onerror?.(events.shift())
+        this.onclose?.({ code: 1006, reason: '' })
+      }, 0)
+    }
+
+    send (): void {}
+    close (): void {}
+  }
+  const errors: SocketError[] = []
+  const socket = new Socket({ url: 'ws://127.0.0.1:1/ws', WebSocket: Refused, reconnect: { initialDelay: 1, maxDelay: 1, maxAttempts: 2 }, onError: (e) => errors.push(e) })
+  await inState(socket, 'closed')
+  const failed = ['FST_SOCKET_HANDSHAKE_FAILED', 'The connection could not be established (refused, or unreachable)', 1006, undefined]
+  t.same(errors.map((e) => [e.code, e.message, e.closeCode, e.status]), [failed, failed, failed, ['FST_SOCKET_MAX_ATTEMPTS', 'Gave up after 2 reconnection attempts in a row (reconnect.maxAttempts)', undefined, undefined]])
+})
+
+t.test('SocketError carries what it knows', async (t) => {
+  const plain = new SocketError('FST_SOCKET_X', 'x')
+  t.same([plain.closeCode, plain.status, plain.serverCode, plain.channel], [undefined, undefined, undefined, undefined])
+  const full = new SocketError('FST_SOCKET_UPGRADE_REFUSED', 'refused', undefined, { status: 401, serverCode: 'FST_SOCKET_TOKEN_EXPIRED', channel: 'news' })
+  t.same([full.status, full.serverCode, full.channel], [401, 'FST_SOCKET_TOKEN_EXPIRED', 'news'])
+  t.ok(full instanceof Error)
+})
+
+t.test('every FST_SOCKET_* code the client raises is in the error table of docs/client.md', async (t) => {
+  const dir = new URL('../lib/client/', import.meta.url)
+  const codes = new Set<string>()
+  for (const file of await readdir(dir)) {
+    for (const match of (await readFile(new URL(file, dir), 'utf8')).matchAll(/'(FST_SOCKET_[A-Z_]+)'/g)) codes.add(match[1] as string)
+  }
+  const docs = await readFile(new URL('../docs/client.md', import.meta.url), 'utf8')
+  const table = docs.slice(docs.indexOf('## Errors'))
+  t.ok(codes.size >= 15, `${codes.size} codes found`)
+  for (const code of codes) t.ok(table.includes(`\`${code}\``), code)
 })
 
 /** A queue on a fake clock that records every drop. */
@@ -296,6 +440,11 @@ t.test('Socket options are checked when it is made', async (t) => {
     [{ reconnect: { factor: 0.5 } }, /^options\.reconnect\.factor must be a number ≥ 1/],
     [{ reconnect: { jitter: 2 } }, /^options\.reconnect\.jitter must be a number from 0 to 1 \(got 2\)$/],
     [{ reconnect: { maxDelay: Number.NaN } }, /^options\.reconnect\.maxDelay must be a number ≥ 0 \(got NaN\)$/],
+    [{ reconnect: { maxAttempts: -1 } }, /^options\.reconnect\.maxAttempts must be an integer ≥ 0, or Infinity \(got -1\)$/],
+    [{ reconnect: { maxAttempts: 2.5 } }, /^options\.reconnect\.maxAttempts must be an integer ≥ 0, or Infinity \(got 2\.5\)$/],
+    [{ reconnect: { maxAttempts: '3' } }, /^options\.reconnect\.maxAttempts must be an integer ≥ 0, or Infinity \(got "3"\)$/],
+    [{ reconnect: { maxAttempts: Number.NaN } }, /^options\.reconnect\.maxAttempts must be/],
+    [{ reconnect: { maxAttempts: null } }, /^options\.reconnect\.maxAttempts must be an integer ≥ 0, or Infinity \(got null\)$/],
     [{ queue: { max: 1.5 } }, /^options\.queue\.max must be an integer ≥ 0 \(got 1\.5\)$/],
     [{ queue: { maxBytes: -1 } }, /^options\.queue\.maxBytes must be an integer ≥ 0/],
     [{ queue: { overflow: 'block' } }, /^options\.queue\.overflow must be one of 'drop-oldest', 'drop-newest', 'error'/],
@@ -315,7 +464,7 @@ t.test('Socket options are checked when it is made', async (t) => {
     tokenIn: 'query',
     debug: false,
     logger: () => {},
-    reconnect: { initialDelay: 0, maxDelay: 0, factor: 1, jitter: 0, resetAfter: 0 },
+    reconnect: { initialDelay: 0, maxDelay: 0, factor: 1, jitter: 0, resetAfter: 0, maxAttempts: 0 },
     queue: { max: 0, maxBytes: 0, ttl: 0, overflow: 'error' },
     heartbeat: false,
     requestTimeout: 1,
@@ -329,4 +478,7 @@ t.test('Socket options are checked when it is made', async (t) => {
   const off = new Socket({ ...base, reconnect: false })
   off.close()
   t.equal(off.state, 'closed')
+  const unlimited = new Socket({ ...base, reconnect: { maxAttempts: Infinity } })
+  unlimited.close()
+  t.equal(unlimited.state, 'closed', 'maxAttempts: Infinity is allowed (the default)')
 })

@@ -6,36 +6,12 @@ import { setTimeout as sleep } from 'node:timers/promises'
 import type { FastifyInstance } from 'fastify'
 import WebSocket, { WebSocketServer } from 'ws'
 import type { ForgeSocketOptions } from '../plugin.js'
-import { Socket, SocketError, type Message, type SocketOptions } from '../lib/client/index.js'
+import { Socket, SocketError, type Message } from '../lib/client/index.js'
 import { build, listen, sign } from './helpers/server.js'
-import { inState } from './helpers/client-state.js'
+import { inState, rawServer, reconnected, recordedClient as client, rejection, Seen } from './helpers/client-state.js'
 
 // The client's Socket class in Node (with `ws`), against real forge-socket servers on port 0, and against a raw
 // `ws` server where the test needs a server that misbehaves.
-
-/** A list that a test can wait on: `until(check)` resolves once `check(items)` holds. */
-class Seen<T> {
-  readonly items: T[] = []
-  readonly #waiters = new Set<{ check: (items: T[]) => boolean, resolve: () => void }>()
-
-  push (item: T): void {
-    this.items.push(item)
-    for (const waiter of this.#waiters) {
-      if (!waiter.check(this.items)) continue
-      this.#waiters.delete(waiter)
-      waiter.resolve()
-    }
-  }
-
-  until (check: (items: T[]) => boolean): Promise<void> {
-    if (check(this.items)) return Promise.resolve()
-    return new Promise((resolve) => this.#waiters.add({ check, resolve }))
-  }
-
-  count (n: number): Promise<void> {
-    return this.until((items) => items.length >= n)
-  }
-}
 
 interface Server {
   app: FastifyInstance
@@ -90,54 +66,6 @@ async function freePort (): Promise<number> {
   return port
 }
 
-interface Client {
-  socket: Socket
-  errors: Seen<SocketError>
-  states: Seen<string>
-  lines: Seen<string>
-  opens: Seen<string | null>
-}
-
-/**
- * A Socket with `ws`, short reconnect delays, every error, state change (`previous>state`), debug line and
- * `onOpen` (with the connectionId at that moment) recorded; closed when the test ends.
- */
-function client (t: Test, options: Partial<SocketOptions> & { url: string }): Client {
-  const errors = new Seen<SocketError>()
-  const states = new Seen<string>()
-  const lines = new Seen<string>()
-  const opens = new Seen<string | null>()
-  const socket: Socket = new Socket({
-    WebSocket,
-    reconnect: { initialDelay: 20, maxDelay: 200 },
-    debug: true,
-    logger: (line) => lines.push(line),
-    onError: (err) => errors.push(err),
-    onStateChange: (state, previous) => states.push(`${previous}>${state}`),
-    onOpen: () => opens.push(socket.connectionId),
-    ...options
-  })
-  t.after(() => socket.close())
-  return { socket, errors, states, lines, opens }
-}
-
-
-/** Resolves when `socket` has gone down and come back up (`open` → `reconnecting` → `open`). */
-async function reconnected (socket: Socket): Promise<void> {
-  await inState(socket, 'reconnecting')
-  await inState(socket, 'open')
-}
-
-/** The rejection of `promise` (fails the test if it resolves). */
-async function rejection (promise: Promise<unknown>): Promise<SocketError> {
-  try {
-    await promise
-  } catch (err) {
-    return err as SocketError
-  }
-  throw new Error('expected a rejection')
-}
-
 const ann = sign({ sub: 'ann' })
 
 t.test('connecting', async (t) => {
@@ -156,7 +84,7 @@ t.test('connecting', async (t) => {
     t.same(errors.items, [])
   })
 
-  t.test("the seed's form: new Socket(debug, onOpen, onMessage, onError, path)", async (t) => {
+  t.test("Project Forge's form: new Socket(debug, onOpen, onMessage, onError, path)", async (t) => {
     const s = await server(t)
     const g = globalThis as { WebSocket?: unknown, location?: unknown }
     const saved = { WebSocket: g.WebSocket, debug: console.debug }
@@ -330,7 +258,8 @@ t.test('sending', async (t) => {
     t.equal(socket.queued, 1)
     await server(t, {}, port)
     t.equal(await answer, 'late')
-    t.same(errors.items, [])
+    t.ok(errors.items.length > 0, 'each failed attempt was reported')
+    t.ok(errors.items.every((e) => e.code === 'FST_SOCKET_HANDSHAKE_FAILED' && /ECONNREFUSED/.test(e.message)), 'as a failed handshake, with why')
   })
 })
 
@@ -659,32 +588,11 @@ t.test('the queue through the Socket', async (t) => {
     socket.send('room-a', 'note', 'fresh')
     await s.notes.count(1)
     t.same(s.notes.items, ['fresh'])
-    t.equal(errors.items[0]?.code, 'FST_SOCKET_MESSAGE_DROPPED')
-    t.match(errors.items[0]?.message, /expired/)
+    const dropped = errors.items.filter((e) => e.code !== 'FST_SOCKET_HANDSHAKE_FAILED')
+    t.equal(dropped[0]?.code, 'FST_SOCKET_MESSAGE_DROPPED')
+    t.match(dropped[0]?.message, /expired/)
   })
 })
-
-/** A raw `ws` server that sends a hand-made `connected` and then does what `behave` says (nothing, by default). */
-async function rawServer (t: Test, behave: (ws: WebSocket, n: number) => void = () => {}): Promise<{ url: string, connections: Seen<WebSocket>, received: Seen<{ n: number, message: Message }> }> {
-  const wss = new WebSocketServer({ port: 0, host: '127.0.0.1' })
-  await once(wss, 'listening')
-  const connections = new Seen<WebSocket>()
-  const received = new Seen<{ n: number, message: Message }>()
-  wss.on('connection', (ws) => {
-    const n = connections.items.length
-    connections.push(ws)
-    ws.on('message', (data) => received.push({ n, message: JSON.parse(String(data)) as Message }))
-    ws.send(JSON.stringify({ channel: 'home', cmd: 'connected', param: { connectionId: `raw-${n}`, channels: ['home'] } }))
-    behave(ws, n)
-  })
-  t.after(async () => {
-    for (const ws of wss.clients) ws.terminate()
-    wss.close()
-    await once(wss, 'close')
-  })
-  const { port } = wss.address() as AddressInfo
-  return { url: `ws://127.0.0.1:${port}/ws`, connections, received }
-}
 
 t.test('heartbeat', async (t) => {
   t.test('a silent server is pinged, then given up on', async (t) => {
@@ -726,11 +634,12 @@ t.test('handshake timeout', async (t) => {
       await once(tcp, 'close')
     })
     const { port } = tcp.address() as AddressInfo
-    const { socket, lines, states } = client(t, { url: `ws://127.0.0.1:${port}/ws`, connectTimeout: 100 })
+    const { socket, lines, states, errors } = client(t, { url: `ws://127.0.0.1:${port}/ws`, connectTimeout: 100 })
     await accepted.count(2)
     t.equal(states.items[0], 'connecting>reconnecting')
     t.ok(lines.items.includes('[forge-socket] no connected within 100 ms'))
     t.ok(lines.items.includes('[forge-socket] closed 1006 handshake timeout'))
+    t.match(errors.items[0], { code: 'FST_SOCKET_HANDSHAKE_FAILED', closeCode: 1006, message: 'The connection could not be established (handshake timeout)' })
     socket.close()
   })
 

@@ -20,3 +20,22 @@ export function closeAction (code: number): CloseAction {
       return 'reconnect'
   }
 }
+
+/**
+ * What the client does after the server refused the upgrade with an HTTP status (seen in Node only):
+ * 401 asks for a fresh token once; 429 and 503 (over a limit, shutting down) back off longer, like 1013; 408 and
+ * the other 5xx (a proxy or server in trouble) back off; everything else stops, since it would be refused again
+ * the same way (400 bad request, 403 forbidden, 404 no such route, a redirect the client does not follow, a 200
+ * from something that is not a WebSocket server).
+ *
+ * @example
+ * refusalAction(401)   // 'refresh-token'
+ * refusalAction(503)   // 'reconnect-slowly'
+ * refusalAction(404)   // 'stop'
+ */
+export function refusalAction (status: number): CloseAction {
+  if (status === 401) return 'refresh-token'
+  if (status === 429 || status === 503) return 'reconnect-slowly'
+  if (status === 408 || (status >= 500 && status <= 599)) return 'reconnect'
+  return 'stop'
+}

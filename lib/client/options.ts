@@ -26,6 +26,9 @@ export function checkOptions (options: SocketOptions): void {
     number('reconnect.factor', r.factor, 1)
     number('reconnect.jitter', r.jitter, 0, 1)
     number('reconnect.resetAfter', r.resetAfter, 0)
+    if (r.maxAttempts !== Infinity && r.maxAttempts !== undefined && (!Number.isSafeInteger(r.maxAttempts) || (r.maxAttempts as number) < 0)) {
+      invalid('reconnect.maxAttempts', 'an integer ≥ 0, or Infinity', r.maxAttempts)
+    }
   }
   if (options.queue !== undefined) {
     const q = section('queue', options.queue, 'an object')

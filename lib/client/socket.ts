@@ -1,7 +1,9 @@
 import { DEFAULT_BACKOFF, backoffDelay, type BackoffOptions } from './backoff.js'
-import { closeAction } from './close-policy.js'
+import { closeAction, refusalAction, type CloseAction } from './close-policy.js'
 import { checkOptions } from './options.js'
 import { DEFAULT_QUEUE, OutboundQueue, type DropReason, type Queued, type QueueOptions } from './queue.js'
+import { watchRefusal, type Refusal } from './refusal.js'
+import { Subscriptions, type SubscribeAnswer } from './subscriptions.js'
 import {
   SocketError,
   expiryOf,
@@ -36,8 +38,16 @@ export interface SocketOptions {
    * DOM declare their constructors differently, and the client uses only what both have (`WebSocketLike`).
    */
   WebSocket?: new (...args: never[]) => unknown
-  /** Reconnection backoff, and how long a connection must stay up before the backoff starts again from the bottom; `false` never reconnects. */
-  reconnect?: (Partial<BackoffOptions> & { resetAfter?: number }) | false
+  /**
+   * Reconnection backoff; how long a connection must stay up before the backoff (and `maxAttempts`) starts again
+   * from the bottom (`resetAfter`, default 5000 ms); how many reconnection attempts in a row are made before the
+   * client gives up with FST_SOCKET_MAX_ATTEMPTS (`maxAttempts`, default `Infinity`: never). `false` never
+   * reconnects.
+   *
+   * @example
+   * reconnect: { initialDelay: 1000, maxAttempts: 10 }
+   */
+  reconnect?: (Partial<BackoffOptions> & { resetAfter?: number, maxAttempts?: number }) | false
   /** Bounds of the queue for messages sent while not open. */
   queue?: Partial<QueueOptions>
   /** Client-side liveness: ping after `interval` ms of silence, give up after `interval + timeout`; `false` turns it off. */
@@ -60,7 +70,7 @@ export interface SocketOptions {
 interface Pending {
   resolve: (value: unknown) => void
   reject: (error: SocketError) => void
-  timer: ReturnType<typeof setTimeout>
+  timer: ReturnType<typeof setTimeout> | undefined
 }
 
 type Listener = (message: Message) => void
@@ -92,7 +102,7 @@ export function resolveUrl (url: string, location = browser.location): string {
  * socket.send('chat-room-lobby', 'chat-message', { text: 'hi' })
  *
  * @example
- * // The seed's form:
+ * // Project Forge's form:
  * const socket = new Socket(true, onOpen, onMessage, onError, '/ws/notifications')
  */
 export class Socket {
@@ -102,6 +112,7 @@ export class Socket {
   readonly #WebSocket: WebSocketConstructor
   readonly #backoff: BackoffOptions | null
   readonly #resetAfter: number
+  readonly #maxAttempts: number
   readonly #heartbeat: { interval: number, timeout: number } | null
   readonly #requestTimeout: number
   readonly #connectTimeout: number
@@ -111,6 +122,20 @@ export class Socket {
   readonly #listeners = new Map<string, Set<Listener>>()
   readonly #stateListeners = new Set<(state: SocketState, previous: SocketState) => void>()
   readonly #pending = new Map<string, Pending>()
+  readonly #subscriptions = new Subscriptions({
+    connection: () => this.#connected(),
+    ask: (ws, channel, timeout) => {
+      const ref = `r${++this.#refs}`
+      const answer = this.#expect(ref, 'subscribe', timeout)
+      ws.send(JSON.stringify({ channel, cmd: 'subscribe', param: null, ref }))
+      this.#log(`send ${channel}:subscribe`)
+      return answer
+    },
+    leave: (channel, timeout) => this.request<SubscribeAnswer>(channel, 'unsubscribe', null, { timeout }),
+    closed: () => this.#state === 'closed',
+    report: (error) => this.#report(error),
+    log: (line) => this.#log(line)
+  })
   readonly #onOpen: (() => void) | undefined
   readonly #onMessage: ((message: Message) => void) | undefined
   readonly #onError: ((error: SocketError) => void) | undefined
@@ -128,6 +153,10 @@ export class Socket {
   #refreshTimer: ReturnType<typeof setTimeout> | undefined
   #handshakeTimer: ReturnType<typeof setTimeout> | undefined
   #currentToken: string | undefined
+  // What the current attempt has seen: `connected`; an HTTP refusal (Node); the error event's message.
+  #greeted = false
+  #refusal: Refusal | null = null
+  #failure = ''
   readonly #refreshBefore: number
 
   constructor (options: SocketOptions)
@@ -143,6 +172,7 @@ export class Socket {
     this.#WebSocket = WebSocketClass
     this.#backoff = options.reconnect === false ? null : { ...DEFAULT_BACKOFF, ...options.reconnect }
     this.#resetAfter = (options.reconnect === false ? undefined : options.reconnect?.resetAfter) ?? 5000
+    this.#maxAttempts = (options.reconnect === false ? undefined : options.reconnect?.maxAttempts) ?? Infinity
     this.#heartbeat = options.heartbeat === false ? null : { interval: 25_000, timeout: 10_000, ...options.heartbeat }
     this.#requestTimeout = options.requestTimeout ?? 10_000
     this.#connectTimeout = options.connectTimeout ?? 10_000
@@ -195,23 +225,46 @@ export class Socket {
    * connection closes before the answer. A request made while the socket is down waits in the queue.
    *
    * @example
-   * const { channel } = await socket.request('news', 'subscribe', null, { timeout: 5000 })
+   * const saved = await socket.request('chat-room-lobby', 'chat-message', { text: 'hi' }, { timeout: 5000 })
    */
   request<T = unknown, C extends string = string> (channel: string, cmd: C, param: ClientParam<C>, options: { timeout?: number } = {}): Promise<T> {
     const ref = `r${++this.#refs}`
-    return new Promise<T>((resolve, reject) => {
-      const timeout = options.timeout ?? this.#requestTimeout
-      const timer = setTimeout(() => {
-        this.#pending.delete(ref)
-        reject(new SocketError('FST_SOCKET_REQUEST_TIMEOUT', `No answer to "${cmd}" within ${timeout} ms`))
-      }, timeout)
-      this.#pending.set(ref, { resolve: resolve as (value: unknown) => void, reject, timer })
-      try {
-        this.#send(channel, cmd, param, ref)
-      } catch (err) {
-        this.#settle(ref, err as SocketError)
-      }
-    })
+    const answer = this.#expect<T>(ref, cmd, options.timeout ?? this.#requestTimeout)
+    try {
+      this.#send(channel, cmd, param, ref)
+    } catch (err) {
+      this.#settle(ref, err as SocketError)
+    }
+    return answer
+  }
+
+  /**
+   * Joins `channel` (the server's `authorizeChannel` decides) and keeps it: after every reconnection the client
+   * subscribes again, before it flushes the queue, so a queued send to the channel finds the connection in it.
+   * Resolves with the server's `{ channel }`; rejects with the server's code (FST_SOCKET_FORBIDDEN, …) when it
+   * refuses, and then the channel is forgotten. Called while the socket is not open, it waits for the next
+   * connection and is asked for there first, ahead of the queue. A channel already subscribed on the open
+   * connection resolves at once; the same channel asked for twice is asked for once.
+   *
+   * @example
+   * await socket.subscribe('news')
+   * socket.on('headline', (m) => show(m.param))
+   */
+  subscribe (channel: string, options: { timeout?: number } = {}): Promise<SubscribeAnswer> {
+    return this.#subscriptions.subscribe(channel, options.timeout ?? this.#requestTimeout)
+  }
+
+  /**
+   * Leaves `channel` and forgets it, so it is not subscribed again after a reconnection. A `subscribe()` of it
+   * still waiting for an answer rejects with FST_SOCKET_SUBSCRIBE_CANCELLED. With a connection, resolves with the
+   * server's `{ channel }` (rejects like a `request()`); without one (reconnecting, closed) there is nothing to
+   * leave, and it resolves at once.
+   *
+   * @example
+   * await socket.unsubscribe('news')
+   */
+  unsubscribe (channel: string, options: { timeout?: number } = {}): Promise<SubscribeAnswer> {
+    return this.#subscriptions.unsubscribe(channel, options.timeout)
   }
 
   /**
@@ -255,6 +308,25 @@ export class Socket {
     this.#queue.clear('closed')
   }
 
+  /** The connection a frame reaches the server on now: open, or being set up after its `connected`. */
+  #connected (): WebSocketLike | null {
+    const ws = this.#ws
+    return ws !== null && ws.readyState === OPEN && (this.#state === 'open' || this.#subscriptions.settingUp === ws) ? ws : null
+  }
+
+  /** A promise of the answer to the message with `ref`, rejected with FST_SOCKET_REQUEST_TIMEOUT after `timeout` ms (never without one). */
+  #expect<T> (ref: string, cmd: string, timeout: number | undefined): Promise<T> {
+    return new Promise<T>((resolve, reject) => {
+      const timer = timeout === undefined
+        ? undefined
+        : setTimeout(() => {
+          this.#pending.delete(ref)
+          reject(new SocketError('FST_SOCKET_REQUEST_TIMEOUT', `No answer to "${cmd}" within ${timeout} ms`))
+        }, timeout)
+      this.#pending.set(ref, { resolve: resolve as (value: unknown) => void, reject, timer })
+    })
+  }
+
   #send (channel: string, cmd: string, param: unknown, ref: string | undefined): boolean {
     const data = JSON.stringify(ref === undefined ? { channel, cmd, param: param ?? null } : { channel, cmd, param: param ?? null, ref })
     if (this.#state === 'closed') {
@@ -274,6 +346,9 @@ export class Socket {
 
   async #connect (): Promise<void> {
     this.#retryTimer = undefined
+    this.#greeted = false
+    this.#refusal = null
+    this.#failure = ''
     let token: string | undefined
     try {
       token = typeof this.#token === 'function' ? await this.#token() : this.#token
@@ -301,13 +376,19 @@ export class Socket {
     // Frames from a socket this client has given up on (closed, or silent too long) are not delivered.
     ws.onmessage = (event) => { if (ws === this.#ws) this.#frame(event.data) }
     ws.onclose = (event) => this.#closed(ws, event.code, event.reason)
-    // The close event that follows says what happened; an error event alone carries nothing useful.
-    ws.onerror = () => {}
+    // The close event that follows says what happened; the error event's message (Node's, say "connect
+    // ECONNREFUSED"; a browser gives none) only explains a connection that never opened.
+    ws.onerror = (event) => { if (ws === this.#ws) this.#failure = messageOf(event) }
+    // In Node, `ws` shows the status of a refused upgrade: kept until the body's code is read, then the
+    // handshake is aborted, and the close event that follows is handled as that refusal.
+    watchRefusal(ws, (refusal) => { if (ws === this.#ws) this.#refusal = refusal }, () => { if (ws === this.#ws) ws.close() })
     // A server that takes the connection and never answers (a hung proxy, a half-open path) must not hold the
     // client for the minutes a TCP timeout takes: without `connected` in time, the attempt is given up and retried.
+    // The re-subscriptions after `connected` are part of the attempt: a server that never answers them is given up
+    // on the same way.
     this.#handshakeTimer = setTimeout(() => {
       if (ws !== this.#ws) return
-      this.#log(`no connected within ${this.#connectTimeout} ms`)
+      this.#log(this.#subscriptions.settingUp !== ws ? `no connected within ${this.#connectTimeout} ms` : `no answer to the re-subscriptions within ${this.#connectTimeout} ms`)
       this.#abandon(ws, 'handshake timeout')
     }, this.#connectTimeout)
   }
@@ -340,12 +421,19 @@ export class Socket {
   }
 
   #opened (message: Message<ServerParam<'connected'>>): void {
-    clearTimeout(this.#handshakeTimer)
     this.#connectionId = message.param.connectionId
     this.#home = message.channel
+    this.#greeted = true
+    const ws = this.#ws as WebSocketLike
+    // The queue waits for the answers to the re-subscriptions (see Subscriptions).
+    this.#subscriptions.setUp(ws, message.param.channels, () => this.#ready(ws, message))
+  }
+
+  /** The connection is set up (`connected`, and the re-subscriptions answered): flush the queue, then open. */
+  #ready (ws: WebSocketLike, message: Message<ServerParam<'connected'>>): void {
+    clearTimeout(this.#handshakeTimer)
     // Queued messages go before the application hears of the open (state listeners included), so they keep their
     // place in line ahead of anything sent from onStateChange('open') or onOpen.
-    const ws = this.#ws as WebSocketLike
     const items = this.#queue.drain()
     if (items.length > 0) this.#log(`flush ${items.length} queued`)
     // A request that timed out while queued was already answered "timeout": it must not run on the server later.
@@ -368,6 +456,7 @@ export class Socket {
   #closed (ws: WebSocketLike, code: number, reason: string): void {
     if (ws !== this.#ws) return
     this.#ws = null
+    this.#subscriptions.interrupt()
     clearTimeout(this.#handshakeTimer)
     clearTimeout(this.#stableTimer)
     clearInterval(this.#heartbeatTimer)
@@ -375,32 +464,60 @@ export class Socket {
     this.#log(`closed ${code}${reason.length > 0 ? ` ${reason}` : ''}`)
     this.#rejectAll(new SocketError('FST_SOCKET_CONNECTION_CLOSED', `The connection closed (${code}) before the answer came`, code))
     if (this.#state === 'closed') return
-    const action = closeAction(code)
-    if (action === 'refresh-token' && typeof this.#token === 'function' && !this.#tokenRefreshed) {
-      // Once: the provider is asked for a fresh token; a second 4001 in a row means it has none to give.
-      this.#tokenRefreshed = true
-      this.#setState('reconnecting')
-      void this.#connect()
-      return
+    const refusal = this.#refusal
+    if (refusal !== null) {
+      const { status, serverCode } = refusal
+      this.#log(`refused ${status}${serverCode === undefined ? '' : ` ${serverCode}`}`)
+      const error = new SocketError('FST_SOCKET_UPGRADE_REFUSED', `The server refused the upgrade with HTTP ${status}${serverCode === undefined ? '' : ` (${serverCode})`}`, undefined, { status, serverCode })
+      return this.#after(refusalAction(status), error, true, refusal.retryAfter)
     }
-    if (action === 'stop' || action === 'refresh-token' || this.#backoff === null) {
-      this.#stop()
-      this.#report(new SocketError('FST_SOCKET_CONNECTION_CLOSED', `The server closed the connection (${code}${reason.length > 0 ? `: ${reason}` : ''})`, code))
-      this.#queue.clear('closed')
-      return
+    if (code === 1006 && !this.#greeted) {
+      // All a browser shows of a refused upgrade (401, 403, 429…) as well as of a server that is down.
+      const cause = this.#failure.length > 0 ? this.#failure : reason.length > 0 ? reason : 'refused, or unreachable'
+      return this.#after('reconnect', new SocketError('FST_SOCKET_HANDSHAKE_FAILED', `The connection could not be established (${cause})`, code), true)
     }
-    this.#retry(action === 'reconnect-slowly')
+    const error = new SocketError('FST_SOCKET_CONNECTION_CLOSED', `The server closed the connection (${code}${reason.length > 0 ? `: ${reason}` : ''})`, code)
+    this.#after(closeAction(code), error, false)
   }
 
-  #retry (overloaded: boolean): void {
+  /**
+   * What follows a close or a refusal. `error` is reported when the client stops, and also when it goes on if
+   * `always` (a refusal or a failed handshake is news; a reconnection after a close is not).
+   */
+  #after (action: CloseAction, error: SocketError, always: boolean, retryAfter = 0): void {
+    const refresh = action === 'refresh-token' && typeof this.#token === 'function' && !this.#tokenRefreshed
+    if (!refresh && (action === 'stop' || action === 'refresh-token' || this.#backoff === null)) return this.#end(error)
+    if (always) this.#report(error)
+    if (!refresh) return this.#retry(action === 'reconnect-slowly', retryAfter)
+    // Once: the provider is asked for a fresh token; a second 4001 (or 401) in a row means it has none to give.
+    this.#tokenRefreshed = true
+    if (this.#state === 'closed') return
+    this.#setState('reconnecting')
+    void this.#connect()
+  }
+
+  /** Stops for good, reporting why; what was queued is reported dropped. */
+  #end (error: SocketError): void {
+    this.#stop()
+    this.#report(error)
+    this.#queue.clear('closed')
+  }
+
+  /** Schedules the next attempt: the backoff delay, plus the server's Retry-After (ms) if it gave one. */
+  #retry (overloaded: boolean, retryAfter = 0): void {
     if (this.#state === 'closed') return
     if (this.#backoff === null) {
       this.#stop()
       this.#queue.clear('closed')
       return
     }
+    if (this.#attempt >= this.#maxAttempts) {
+      return this.#end(new SocketError('FST_SOCKET_MAX_ATTEMPTS', `Gave up after ${this.#attempt} reconnection attempts in a row (reconnect.maxAttempts)`))
+    }
     this.#setState('reconnecting')
-    const delay = backoffDelay(this.#attempt++, this.#backoff, overloaded)
+    // Added, not the larger of the two: clients refused at the same moment with the same Retry-After would
+    // otherwise all come back at the same instant; the backoff's jitter spreads them.
+    const delay = retryAfter + backoffDelay(this.#attempt++, this.#backoff, overloaded)
     this.#log(`retry in ${delay} ms`)
     this.#retryTimer = setTimeout(() => { void this.#connect() }, delay)
   }
@@ -463,6 +580,7 @@ export class Socket {
 
   #stop (): void {
     this.#setState('closed')
+    this.#subscriptions.clear(new SocketError('FST_SOCKET_CONNECTION_CLOSED', 'The socket closed before the server answered the subscribe'))
     clearTimeout(this.#retryTimer)
     clearTimeout(this.#handshakeTimer)
     clearTimeout(this.#stableTimer)
@@ -517,4 +635,10 @@ export class Socket {
   #log (line: string): void {
     if (this.#debug) this.#logger(`[forge-socket] ${line}`)
   }
+}
+
+/** The message of an error event: Node's `ws` (and undici) give one, a browser does not. */
+function messageOf (event: unknown): string {
+  const message = typeof event === 'object' && event !== null ? (event as { message?: unknown }).message : undefined
+  return typeof message === 'string' ? message : ''
 }

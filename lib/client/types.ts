@@ -48,17 +48,41 @@ export interface WebSocketLike {
 
 export type WebSocketConstructor = new (url: string, protocols?: string | string[]) => WebSocketLike
 
-/** Every error the client reports (through `onError`, or by rejecting a request) has a stable code. */
+/** What a `SocketError` may carry besides its code, depending on what went wrong. */
+export interface SocketErrorDetails {
+  /** The HTTP status of a refused upgrade (401, 403, 429…); only in Node, where `ws` shows it. */
+  status?: number | undefined
+  /** The `FST_SOCKET_*` code of the server's JSON error body with that status (`FST_SOCKET_TOKEN_EXPIRED`…). */
+  serverCode?: string | undefined
+  /** The channel a refused `subscribe` named. */
+  channel?: string | undefined
+}
+
+/**
+ * Every error the client reports (through `onError`, or by rejecting a request) has a stable code.
+ *
+ * @example
+ * onError: (err) => { if (err.code === 'FST_SOCKET_UPGRADE_REFUSED' && err.status === 401) login() }
+ */
 export class SocketError extends Error {
   readonly code: string
   /** The close code, for errors about a closed connection. */
   readonly closeCode: number | undefined
+  /** The HTTP status, for a refused upgrade (Node only: browsers do not show it). */
+  readonly status: number | undefined
+  /** The code in the server's refusal body, when there was one. */
+  readonly serverCode: string | undefined
+  /** The channel, for a refused `subscribe` or re-subscription. */
+  readonly channel: string | undefined
 
-  constructor (code: string, message: string, closeCode?: number) {
+  constructor (code: string, message: string, closeCode?: number, details: SocketErrorDetails = {}) {
     super(message)
     this.name = 'SocketError'
     this.code = code
     this.closeCode = closeCode
+    this.status = details.status
+    this.serverCode = details.serverCode
+    this.channel = details.channel
   }
 }
 
