@@ -5,7 +5,7 @@ import type { FastifyInstance } from 'fastify'
 import { MemoryBroker, MemoryHub, RedisBroker, type Broker } from '../plugin.js'
 import { flush, until } from './helpers/cluster.js'
 import { build, listen, sign, connect, type Client } from './helpers/server.js'
-import { RedisProcess, requireRedis } from './helpers/redis.js'
+import { Redis6, RedisProcess, requireRedis } from './helpers/redis.js'
 
 /** Makes the brokers of one test's nodes: all of them share one hub, or one Redis. */
 type BrokerFactory = (t: Test) => Promise<() => Broker>
@@ -171,5 +171,13 @@ if (requireRedis(t)) {
   contract('redis', async (t) => {
     const redis = await RedisProcess.start(t)
     return () => new RedisBroker({ redis: redis.url })
+  })
+  // Bring your own Redis: every node's broker duplicates one client of the app's ioredis 6 (never connected itself).
+  contract('redis, on a client of ioredis 6', async (t) => {
+    const redis = await RedisProcess.start(t)
+    const client = new Redis6(redis.url, { lazyConnect: true, commandTimeout: 1000 })
+    client.on('error', () => {})
+    t.after(() => client.disconnect())
+    return () => new RedisBroker({ redis: client })
   })
 }

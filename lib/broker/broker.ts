@@ -103,9 +103,12 @@ export interface BrokerLogger {
   warn (obj: object, msg: string): void
 }
 
+/** The methods every Broker has. */
+export const BROKER_METHODS = ['start', 'publish', 'subscribe', 'unsubscribe', 'close'] as const
+
 /** Tells whether a value has the shape of a Broker (used to validate the `broker` option). */
 export function isBroker (value: unknown): value is Broker {
   if (typeof value !== 'object' || value === null) return false
   const candidate = value as Record<string, unknown>
-  return ['start', 'publish', 'subscribe', 'unsubscribe', 'close'].every((name) => typeof candidate[name] === 'function')
+  return BROKER_METHODS.every((name) => typeof candidate[name] === 'function')
 }

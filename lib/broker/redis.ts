@@ -1,14 +1,20 @@
 import { once } from 'node:events'
-import { Redis, type RedisOptions } from 'ioredis'
 import { errors } from '../errors.js'
 import type { Broker, BrokerHealth, BrokerHost, BrokerMessage, Departure, NodeReport, PresenceChange, PresenceEntry } from './broker.js'
 import { HEARTBEAT, REAP, SET_PRESENCE } from './redis-scripts.js'
+import { openClients, type RedisClient, type RedisConnectionOptions } from './redis-client.js'
 
 /** How the Redis broker is set up. */
 export interface RedisBrokerOptions {
-  /** A `redis://` URL, ioredis options, or a client of yours (forge-socket then closes only what it created). */
-  redis: string | RedisOptions | Redis
-  /** Prefix of every Redis key and channel the broker uses. Default `forge-socket:`. */
+  /**
+   * A `redis://` URL or ioredis options (both need ioredis installed: `npm install ioredis`), or a client of yours,
+   * such as @fastify/redis's `app.redis` (forge-socket duplicates it and closes only what it created).
+   */
+  redis: string | RedisConnectionOptions | RedisClient
+  /**
+   * Prefix of every Redis key and channel the broker uses. Default `forge-socket:`. An ioredis `keyPrefix` (of
+   * your client or options) goes in front of it: `app:` makes `app:forge-socket:`.
+   */
   prefix?: string
   /** ms a Redis command may take before it fails (a frozen Redis must not hold anything up). Default 1000. */
   commandTimeout?: number
@@ -23,14 +29,14 @@ export interface RedisBrokerOptions {
 const REAPED_MEMORY = 24 * 60 * 60 * 1000
 
 /** The pub connection with the broker's Lua scripts defined on it. */
-interface ScriptedRedis extends Redis {
+interface ScriptedRedis extends RedisClient {
   forgeSetPresence: (held: string, present: string, field: string, user: string, connections: number) => Promise<number>
   forgeHeartbeat: (nodeKey: string, nodes: string, reaped: string, id: string, report: string, ttl: number) => Promise<[number, number]>
   forgeReap: (nodes: string, prefix: string, remember: number) => Promise<string[]>
 }
 
 /**
- * Scale-out over Redis (ioredis). Each forge-socket channel is a Redis pub/sub channel (`<prefix>ch:<name>`),
+ * Scale-out over Redis (ioredis 5 or 6). Each forge-socket channel is a Redis pub/sub channel (`<prefix>ch:<name>`),
  * subscribed while this node has members in it; messages for a connection or a user, wherever they are, go on one
  * control channel every node subscribes to. One publishing connection keeps each node's messages in order.
  *
@@ -47,7 +53,7 @@ interface ScriptedRedis extends Redis {
  */
 export class RedisBroker implements Broker {
   readonly #pub: ScriptedRedis
-  readonly #sub: Redis
+  readonly #sub: RedisClient
   readonly #prefix: string
   readonly #control: string
   readonly #nodeTtl: number
@@ -58,8 +64,6 @@ export class RedisBroker implements Broker {
   #stale = false
 
   constructor (options: RedisBrokerOptions) {
-    this.#prefix = options.prefix ?? 'forge-socket:'
-    this.#control = `${this.#prefix}control`
     this.#nodeTtl = options.nodeTtl ?? 10_000
     const commandTimeout = options.commandTimeout ?? 1000
     for (const [name, value, min] of [['nodeTtl', this.#nodeTtl, 30], ['commandTimeout', commandTimeout, 1]] as const) {
@@ -68,19 +72,14 @@ export class RedisBroker implements Broker {
     // Publishes fail fast while Redis is away (no offline queue); the subscriber keeps its queue, so a subscribe
     // made during an outage is sent when Redis is back (and ioredis re-subscribes the rest by itself). A client of
     // the user's is only duplicated: its own settings (an offline queue, say) must not change how the broker fails.
-    const pubOptions: RedisOptions = { lazyConnect: true, enableOfflineQueue: false, commandTimeout, maxRetriesPerRequest: 1 }
-    const subOptions: RedisOptions = { lazyConnect: true, commandTimeout, maxRetriesPerRequest: null }
-    const redis = options.redis
-    if (redis instanceof Redis) {
-      this.#pub = redis.duplicate(pubOptions) as ScriptedRedis
-      this.#sub = redis.duplicate(subOptions)
-    } else if (typeof redis === 'string') {
-      this.#pub = new Redis(redis, pubOptions) as ScriptedRedis
-      this.#sub = new Redis(redis, subOptions)
-    } else {
-      this.#pub = new Redis({ ...redis, ...pubOptions }) as ScriptedRedis
-      this.#sub = new Redis({ ...redis, ...subOptions })
-    }
+    // ioredis's keyPrefix is off (it is in #prefix): the scripts compute keys, which ioredis would not prefix.
+    const pubOptions = { lazyConnect: true, enableOfflineQueue: false, commandTimeout, maxRetriesPerRequest: 1, keyPrefix: '' }
+    const subOptions = { lazyConnect: true, commandTimeout, maxRetriesPerRequest: null, keyPrefix: '' }
+    const { pub, sub, keyPrefix } = openClients(options.redis, pubOptions, subOptions)
+    this.#pub = pub as ScriptedRedis
+    this.#sub = sub
+    this.#prefix = `${keyPrefix}${options.prefix ?? 'forge-socket:'}`
+    this.#control = `${this.#prefix}control`
     this.#pub.defineCommand('forgeSetPresence', { numberOfKeys: 2, lua: SET_PRESENCE })
     this.#pub.defineCommand('forgeHeartbeat', { numberOfKeys: 3, lua: HEARTBEAT })
     this.#pub.defineCommand('forgeReap', { numberOfKeys: 1, lua: REAP })

@@ -2,7 +2,12 @@ import { spawn, execFileSync, type ChildProcess } from 'node:child_process'
 import { createServer } from 'node:net'
 import { once } from 'node:events'
 import type { Test } from 'tap'
+import { createRequire } from 'node:module'
 import { Redis } from 'ioredis'
+import type { RedisConstructor } from '../../lib/broker/redis-client.js'
+
+/** ioredis 6's Redis: the copy @fastify/redis brings (the repository's own ioredis is 5). */
+export const Redis6 = (createRequire(createRequire(import.meta.url).resolve('@fastify/redis'))('ioredis') as { Redis: RedisConstructor }).Redis
 
 /** The redis-server binary, or null when this machine has none. */
 export function redisServerBinary (): string | null {
