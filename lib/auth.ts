@@ -1,19 +1,14 @@
 import type { IncomingMessage } from 'node:http'
-import type { FastifyBaseLogger, FastifyInstance, FastifyRequest } from 'fastify'
-import type {} from '@fastify/jwt'
+import type { FastifyBaseLogger, FastifyRequest } from 'fastify'
 import { errors, toClientError } from './errors.js'
 import { BEARER_PREFIX, SUBPROTOCOL } from './protocol.js'
+import type { JwtVerifier } from './jwt.js'
 import type { Profile, ResolvedOptions, TokenPayload } from './options.js'
 
 /** Where a token taken from `?token=` waits, after it was stripped from the URL (so no log line shows it). */
 const kQueryToken = Symbol('forge-socket.query-token')
 
 type RawWithToken = IncomingMessage & { [kQueryToken]?: string }
-
-/** Options passed to every `app.jwt.verify` (only when the app registered @fastify/jwt itself). */
-export interface VerifyOptions {
-  algorithms: ResolvedOptions['auth']['algorithms']
-}
 
 /** The result of authenticating an upgrade request. */
 export interface Authenticated {
@@ -94,53 +89,55 @@ export function checkOrigin (request: FastifyRequest, allowed: readonly string[]
   if (!allowed.includes(origin)) throw new errors.FST_SOCKET_ORIGIN_FORBIDDEN(origin)
 }
 
-/** fast-jwt error codes → ours. Every library error is translated here and nowhere else. */
-function translate (err: unknown): Error {
-  const code = (err as { code?: unknown }).code
-  if (code === 'FAST_JWT_EXPIRED') return new errors.FST_SOCKET_TOKEN_EXPIRED()
-  if (code === 'FAST_JWT_INVALID_ALGORITHM') return new errors.FST_SOCKET_TOKEN_INVALID('algorithm not allowed')
-  if (code === 'FAST_JWT_INVALID_SIGNATURE') return new errors.FST_SOCKET_TOKEN_INVALID('bad signature')
-  if (code === 'FAST_JWT_MALFORMED' || code === 'FAST_JWT_INVALID_TYPE') return new errors.FST_SOCKET_TOKEN_INVALID('malformed token')
-  if (code === 'FAST_JWT_INACTIVE') return new errors.FST_SOCKET_TOKEN_INVALID('token not active yet')
-  return new errors.FST_SOCKET_TOKEN_INVALID('verification failed')
-}
-
 /**
- * Verifies the request's token with @fastify/jwt against the algorithm allow-list and maps its claims to the
- * profile. `required` routes refuse a missing token (401); `optional` routes let it through as `profile: null`,
- * but a token that is present must still be valid.
+ * Who a token says its bearer is: finds the token (`extractToken`), verifies it with @fastify/jwt (lib/jwt.ts) and
+ * maps its claims to the profile (`auth.profile`).
  */
-export async function authenticate (app: FastifyInstance, request: FastifyRequest, options: ResolvedOptions['auth'], required: boolean, verifyOptions?: VerifyOptions): Promise<Authenticated> {
-  const token = extractToken(request, options)
-  if (token === undefined) {
-    if (required) throw new errors.FST_SOCKET_TOKEN_MISSING()
-    return { profile: null, payload: null }
-  }
-  return await verifyToken(app, token, options, request.log, verifyOptions)
-}
+export class Authenticator {
+  readonly #options: ResolvedOptions['auth']
+  readonly #jwt: JwtVerifier
 
-/**
- * Verifies one token and maps its claims to a profile: at the upgrade, and for an in-band `auth.refresh`.
- * Every failure is FST_SOCKET_TOKEN_INVALID or FST_SOCKET_TOKEN_EXPIRED, except a mapper's own coded 4xx error.
- */
-export async function verifyToken (app: FastifyInstance, token: string, options: ResolvedOptions['auth'], log: FastifyBaseLogger, verifyOptions?: VerifyOptions): Promise<{ profile: Profile, payload: TokenPayload }> {
-  let payload: TokenPayload
-  try {
-    payload = verifyOptions === undefined ? app.jwt.verify<TokenPayload>(token) : app.jwt.verify<TokenPayload>(token, verifyOptions)
-  } catch (err) {
-    throw translate(err)
+  constructor (options: ResolvedOptions['auth'], jwt: JwtVerifier) {
+    this.#options = options
+    this.#jwt = jwt
   }
-  let profile: Profile
-  try {
-    profile = await options.profile(payload)
-  } catch (err) {
-    // A mapper refuses a token by throwing (401); its own coded 4xx errors, such as forbidden(), pass through.
-    if (toClientError(err).exposed) throw err
-    log.warn({ err }, 'the profile mapper refused the token')
-    throw new errors.FST_SOCKET_TOKEN_INVALID('the profile mapper refused the token')
+
+  /**
+   * Authenticates an upgrade request. `required` routes refuse a missing token (401); `optional` routes let it
+   * through as `profile: null`, but a token that is present must still be valid.
+   */
+  async authenticate (request: FastifyRequest, required: boolean): Promise<Authenticated> {
+    this.#jwt.note(request)
+    const token = extractToken(request, this.#options)
+    if (token === undefined) {
+      if (required) throw new errors.FST_SOCKET_TOKEN_MISSING()
+      return { profile: null, payload: null }
+    }
+    return await this.#profile(await this.#jwt.verify(request, token), request.log)
   }
-  if (typeof profile !== 'object' || profile === null || typeof profile.id !== 'string' || profile.id.length === 0) {
-    throw new errors.FST_SOCKET_TOKEN_INVALID('the profile mapper returned no id')
+
+  /** Verifies the token of an in-band `auth.refresh` for a connection from `ip`. */
+  async refresh (token: string, ip: string, log: FastifyBaseLogger): Promise<{ profile: Profile, payload: TokenPayload }> {
+    return await this.#profile(await this.#jwt.verifyInBand(token, ip, log), log)
   }
-  return { profile, payload }
+
+  /**
+   * Maps verified claims to a profile. Every failure is FST_SOCKET_TOKEN_INVALID, except a mapper's own coded 4xx
+   * error.
+   */
+  async #profile (payload: TokenPayload, log: FastifyBaseLogger): Promise<{ profile: Profile, payload: TokenPayload }> {
+    let profile: Profile
+    try {
+      profile = await this.#options.profile(payload)
+    } catch (err) {
+      // A mapper refuses a token by throwing (401); its own coded 4xx errors, such as forbidden(), pass through.
+      if (toClientError(err).exposed) throw err
+      log.warn({ err }, 'the profile mapper refused the token')
+      throw new errors.FST_SOCKET_TOKEN_INVALID('the profile mapper refused the token')
+    }
+    if (typeof profile !== 'object' || profile === null || typeof profile.id !== 'string' || profile.id.length === 0) {
+      throw new errors.FST_SOCKET_TOKEN_INVALID('the profile mapper returned no id')
+    }
+    return { profile, payload }
+  }
 }

@@ -2,10 +2,11 @@ import { Compile } from 'typebox/compile'
 import { Value } from 'typebox/value'
 import { OptionsSchema, type OptionsData } from '../schemas/options.js'
 import { errors } from './errors.js'
-import { isBroker, type Broker } from './broker/broker.js'
+import { resolveJwtOptions, type JwtOptions } from './jwt.js'
+import { BROKER_METHODS, isBroker, type Broker } from './broker/broker.js'
 import { MemoryBroker } from './broker/memory.js'
 import { RedisBroker } from './broker/redis.js'
-import { Redis, type RedisOptions } from 'ioredis'
+import { checkRedisClient, looksLikeRedisClient, type RedisClient, type RedisConnectionOptions } from './broker/redis-client.js'
 
 /** Claims of a verified token, as @fastify/jwt decodes them. */
 export type TokenPayload = Record<string, unknown>
@@ -29,8 +30,12 @@ export type ProfileMapper = (payload: TokenPayload) => Profile | Promise<Profile
 
 /** What users pass to `app.register(forgeSocket, options)`. Every field is optional; defaults in docs/server.md. */
 export interface ForgeSocketOptions {
-  /** Registers @fastify/jwt with this secret, unless the app already registered @fastify/jwt. */
-  jwt?: { secret: string }
+  /**
+   * Registers @fastify/jwt with these options (`secret`, and `sign`, `verify`, `decode`, `trusted`, `formatUser`,
+   * `decoratorName`). Leave it out when the app registered @fastify/jwt itself (or the namespace `auth.namespace`):
+   * given beside it, it is refused at register, as it would not apply.
+   */
+  jwt?: JwtOptions
   auth?: {
     /** Algorithm allow-list enforced on every token. Default `['HS256']`. */
     algorithms?: OptionsData['auth']['algorithms']
@@ -42,9 +47,17 @@ export interface ForgeSocketOptions {
     profile?: ProfileMapper
     /** ms after `exp` before an unrefreshed connection is closed with 4001. Default 5000. */
     expiryGrace?: number
+    /**
+     * The @fastify/jwt namespace to verify with (`request[<namespace>JwtVerify]`; a renamed verify method is refused).
+     * Default: none (`request.jwtVerify`).
+     */
+    namespace?: string
   }
-  /** `'memory'` (default), a `redis://` URL, ioredis options, an ioredis client, or a Broker instance. */
-  broker?: 'memory' | string | RedisOptions | Redis | Broker
+  /**
+   * `'memory'` (default), a `redis://` URL or ioredis options (both need `npm install ioredis`), a client of your
+   * ioredis 5 or 6 (@fastify/redis's `app.redis`: duplicated, never closed by forge-socket), or a Broker instance.
+   */
+  broker?: 'memory' | string | RedisConnectionOptions | RedisClient | Broker
   maxPayload?: number
   heartbeat?: { interval?: number, timeout?: number }
   sendBufferLimit?: number
@@ -64,6 +77,7 @@ export interface ForgeSocketOptions {
 }
 
 export interface ResolvedOptions extends Omit<OptionsData, 'auth'> {
+  jwt: Readonly<JwtOptions> | undefined
   auth: OptionsData['auth'] & { profile: ProfileMapper }
   broker: Broker
   authorizeChannel: (profile: Profile | null, channel: string) => boolean | Promise<boolean>
@@ -81,18 +95,24 @@ function defaultProfile (payload: TokenPayload): Profile {
   return Object.assign({}, payload, { id: sub }) as Profile
 }
 
-const BROKER_METHODS = ['start', 'publish', 'subscribe', 'unsubscribe', 'close']
-
 /** The `broker` option → the broker: memory, Redis (from a URL, options or a client), or the user's own. */
 function resolveBroker (broker: unknown): Broker {
   if (broker === 'memory') return new MemoryBroker()
   if (typeof broker === 'string' && /^rediss?:\/\//.test(broker)) return new RedisBroker({ redis: broker })
-  if (broker instanceof Redis) return new RedisBroker({ redis: broker })
   if (isBroker(broker)) return broker
-  // Plain data (not a half-made Broker) is ioredis options.
-  if (typeof broker === 'object' && broker !== null && Object.getPrototypeOf(broker) === Object.prototype &&
-    !BROKER_METHODS.some((name) => name in broker)) {
-    return new RedisBroker({ redis: broker as RedisOptions })
+  if (typeof broker === 'object' && broker !== null) {
+    // A client is known by what it has, not by its class: the app's ioredis (5 or 6) is not necessarily ours.
+    if (looksLikeRedisClient(broker)) {
+      checkRedisClient(broker, '/broker')
+      return new RedisBroker({ redis: broker })
+    }
+    const methods = broker as Record<string, unknown>
+    if (BROKER_METHODS.some((name) => name in methods)) {
+      const missing = BROKER_METHODS.filter((name) => typeof methods[name] !== 'function')
+      throw new errors.FST_SOCKET_INVALID_OPTIONS(`/broker looks like a Broker but has no method ${missing.join(', ')}`)
+    }
+    // Plain data is ioredis options.
+    if (Object.getPrototypeOf(broker) === Object.prototype) return new RedisBroker({ redis: broker as RedisConnectionOptions })
   }
   throw new errors.FST_SOCKET_INVALID_OPTIONS('/broker must be "memory", a redis:// URL, ioredis options or client, or a Broker')
 }
@@ -107,7 +127,7 @@ function denyAll (): boolean {
  */
 export function resolveOptions (input: ForgeSocketOptions = {}): Readonly<ResolvedOptions> {
   // Functions and the broker instance are checked here, not cloned into the data the schema validates.
-  const { authorizeChannel, broker = 'memory', auth = {}, ...rest } = input
+  const { authorizeChannel, broker = 'memory', auth = {}, jwt, ...rest } = input
   const { profile = defaultProfile, ...authData } = auth
   // Value.Clone, not structuredClone: a function or symbol under a wrong key must fail the schema check with its
   // path, not throw a DataCloneError.
@@ -123,10 +143,12 @@ export function resolveOptions (input: ForgeSocketOptions = {}): Readonly<Resolv
   if (authorizeChannel !== undefined && typeof authorizeChannel !== 'function') {
     throw new errors.FST_SOCKET_INVALID_OPTIONS('/authorizeChannel must be a function')
   }
+  const resolvedJwt = resolveJwtOptions(jwt)
   const resolvedBroker = resolveBroker(broker)
 
   const resolved: ResolvedOptions = {
     ...data,
+    jwt: resolvedJwt,
     auth: Object.freeze({ ...data.auth, profile }),
     heartbeat: Object.freeze(data.heartbeat),
     rateLimit: Object.freeze(data.rateLimit),

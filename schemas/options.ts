@@ -12,19 +12,22 @@ const Algorithm = Type.Union([
 ])
 
 /**
- * The plugin's options, with every default declared once. Functions (`auth.profile`, `authorizeChannel`) and the
- * `broker` (`'memory'` or an instance) are checked beside this schema in lib/options.ts.
+ * The plugin's options, with every default declared once. Functions (`auth.profile`, `authorizeChannel`), the
+ * `broker` (`'memory'` or an instance) and `jwt` (keys, Buffers and functions, passed on to @fastify/jwt) are
+ * checked beside this schema, in lib/options.ts and lib/jwt.ts.
  */
 export const OptionsSchema = Type.Object({
-  jwt: Type.Optional(Type.Object({
-    secret: Type.String({ minLength: 1 })
-  }, { additionalProperties: false })),
   auth: Type.Object({
     algorithms: Type.Array(Algorithm, { minItems: 1, uniqueItems: true, default: ['HS256'] }),
     cookie: Type.Union([Type.String({ minLength: 1 }), Type.Literal(false)], { default: false }),
     query: Type.Boolean({ default: false }),
     /** ms after a token's `exp` before the connection is closed with 4001, unless refreshed in band. */
-    expiryGrace: Type.Integer({ minimum: 0, default: 5000 })
+    expiryGrace: Type.Integer({ minimum: 0, default: 5000 }),
+    /**
+     * The @fastify/jwt namespace forge-socket verifies with (`request[<namespace>JwtVerify]`); checked against the
+     * registered ones at register.
+     */
+    namespace: Type.Optional(Type.String({ minLength: 1 }))
   }, { additionalProperties: false, default: {} }),
   maxPayload: Type.Integer({ minimum: 128, maximum: 104857600, default: 65536 }),
   heartbeat: Type.Object({
