@@ -1,10 +1,14 @@
+// The types users get with the plugin: @fastify/websocket's route options (`websocket: true`) and @fastify/jwt's
+// `app.jwt` / `request.jwtVerify`. Kept in the emitted plugin.d.ts (imports used only for their side effects are not).
+/// <reference types="@fastify/websocket" preserve="true" />
+/// <reference types="@fastify/jwt" preserve="true" />
 import fp from 'fastify-plugin'
 import fastifyWebsocket from '@fastify/websocket'
-import fastifyJwt from '@fastify/jwt'
 import type { FastifyInstance } from 'fastify'
 import { resolveOptions, type ForgeSocketOptions } from './lib/options.js'
 import { SocketService } from './lib/service.js'
-import { selectProtocol, stripQueryToken } from './lib/auth.js'
+import { Authenticator, selectProtocol, stripQueryToken } from './lib/auth.js'
+import { registerJwt } from './lib/jwt.js'
 import { errors } from './lib/errors.js'
 
 declare module 'fastify' {
@@ -19,19 +23,14 @@ declare module 'fastify' {
  *
  * @example
  * await app.register(forgeSocket, { jwt: { secret: process.env.JWT_SECRET } })
- * app.get('/ws/notifications', app.socket.act('notifications', (app, ps) => ps.upgrade(`user-${ps.profile!.id}`)))
+ * app.get('/ws/notifications', app.socket.act('notifications', (app, ps) => ps.upgrade(`user-${ps.profile.id}`)))
  */
 async function forgeSocket (app: FastifyInstance, input: ForgeSocketOptions): Promise<void> {
   if (app.hasDecorator('socket')) throw new errors.FST_SOCKET_ALREADY_REGISTERED()
   const options = resolveOptions(input)
 
-  // When forge-socket registers @fastify/jwt, the allow-list is built into its verifier; an app's own instance
-  // gets the allow-list with every verify (which makes @fastify/jwt build a verifier each time).
-  const ownJwt = !app.hasDecorator('jwt')
-  if (ownJwt) {
-    if (options.jwt === undefined) throw new errors.FST_SOCKET_INVALID_OPTIONS('/jwt/secret is required unless @fastify/jwt is already registered')
-    await app.register(fastifyJwt, { secret: options.jwt.secret, verify: { algorithms: options.auth.algorithms } })
-  }
+  // Registers @fastify/jwt (with the allow-list built into its verifier) unless the app did.
+  const authenticator = new Authenticator(options.auth, await registerJwt(app, options))
   if (options.auth.cookie !== false && !app.hasRequestDecorator('cookies')) {
     throw new errors.FST_SOCKET_INVALID_OPTIONS('/auth/cookie needs @fastify/cookie registered before forge-socket')
   }
@@ -50,7 +49,14 @@ async function forgeSocket (app: FastifyInstance, input: ForgeSocketOptions): Pr
     app.websocketServer.options.handleProtocols ??= selectProtocol
   }
 
-  const service = new SocketService(app, options, ownJwt ? undefined : { algorithms: options.auth.algorithms }, ownWebsocket)
+  // An upgrade to a path with no route is refused as plain HTTP 404 before any socket opens (left to
+  // @fastify/websocket, it would be upgraded and closed at once, with 1005).
+  // A callback hook, not an async one: it runs on every request of the app, and costs no promise on any.
+  app.addHook('onRequest', (request, _reply, done) => {
+    done(request.ws && request.is404 ? new errors.FST_SOCKET_NO_ROUTE(request.method, request.url.split('?')[0]) : undefined)
+  })
+
+  const service = new SocketService(app, options, authenticator, ownWebsocket)
   app.decorate('socket', service)
   await service.start()
 
@@ -70,17 +76,22 @@ async function forgeSocket (app: FastifyInstance, input: ForgeSocketOptions): Pr
 
 const plugin = fp(forgeSocket, {
   fastify: '5.x',
-  name: 'forge-socket'
+  // The npm name, so other plugins can list it in their `dependencies`.
+  name: 'fastify-forge-socket'
 })
 
 export default plugin
 export { plugin as forgeSocket }
 export { errors, CloseCode, forbidden, badRequest } from './lib/errors.js'
+// TypeBox, for command schemas, without a dependency of the app's own (the same copy forge-socket compiles with).
+export { Type, type Static, type TSchema } from 'typebox'
 export { MemoryBroker, MemoryHub } from './lib/broker/memory.js'
 export { RedisBroker, type RedisBrokerOptions } from './lib/broker/redis.js'
+export type { RedisClient, RedisConnectionOptions, RedisConnectionSettings } from './lib/broker/redis-client.js'
 export { RESERVED_COMMANDS, SUBPROTOCOL } from './lib/protocol.js'
 export type { Broker, BrokerHost, BrokerMessage, BrokerHealth, BrokerLogger, Departure, NodeCounts, NodeReport, PresenceChange, PresenceEntry } from './lib/broker/broker.js'
 export type { ForgeSocketOptions, ForgeSocketProfile, Profile, TokenPayload } from './lib/options.js'
+export type { JwtOptions, JwtSecret, JwtKey, JwtKeyFunction } from './lib/jwt.js'
 export type { SocketService, SocketStatus, ClusterStatus, ChannelInfo } from './lib/service.js'
 export type { Connection, ConnectionInfo, Metadata } from './lib/connection.js'
 export type { PageState, ActHandler, ActOptions, UpgradeTicket } from './lib/act.js'

@@ -13,8 +13,8 @@ interface DemoProfile extends Profile {
   rooms: string[]
 }
 
-function roomsOf (profile: Profile | null): string[] {
-  return (profile as DemoProfile | null)?.rooms ?? []
+function roomsOf (profile: Profile): string[] {
+  return (profile as DemoProfile).rooms ?? []
 }
 
 /** The secret used when JWT_SECRET is not set. Anyone can read it here: never use it outside a demo. */
@@ -75,7 +75,7 @@ export async function buildDemo (options: DemoOptions = {}): Promise<FastifyInst
 
   // Notifications: each user in their own channel, and everyone in one more.
   app.get('/ws/notifications', app.socket.act('notifications', (app, ps) =>
-    ps.upgradeWithMetadata(`user-${ps.profile?.id}`, { kind: 'notifications' })))
+    ps.upgradeWithMetadata(`user-${ps.profile.id}`, { kind: 'notifications' })))
   app.socket.onOpen(async (conn) => {
     if (conn.metadata.kind === 'notifications') await app.socket.join(conn.id, EVERYONE)
   })
@@ -111,7 +111,7 @@ export async function buildDemo (options: DemoOptions = {}): Promise<FastifyInst
     const room = ps.requestString('room', true)
     if (!ROOM.test(room)) throw badRequest('a room is 1-32 characters of a-z, 0-9 and -')
     if (!roomsOf(ps.profile).includes(room)) throw forbidden(`room "${room}"`)
-    return ps.upgradeWithMetadata(`chat-room-${room}`, { room, user: ps.profile?.id })
+    return ps.upgradeWithMetadata(`chat-room-${room}`, { room, user: ps.profile.id })
   }))
 
   app.socket.command('chat-message', {

@@ -18,7 +18,7 @@ export interface UpgradePlan {
   onBinary?: BinaryHandler | undefined
 }
 
-/** The value `ps.upgrade()` returns; an act handler returns it (the seed's idiom), though only the call matters. */
+/** The value `ps.upgrade()` returns; an act handler returns it (as in Project Forge's `controller.Act`), though only the call matters. */
 export interface UpgradeTicket {
   readonly channel: string
 }
@@ -28,13 +28,13 @@ export type BinaryHandler = (data: Buffer, connectionId: string) => void | Promi
 /**
  * The page state `ps` an act handler receives: who is asking (`profile`, from the verified JWT), a logger, the
  * request, and `upgrade()` to accept. It lives until the handler returns; nothing here survives the upgrade but the
- * plan.
+ * plan. `P` is `Profile` on routes whose auth is required (the default) and `Profile | null` on `auth: 'optional'`.
  */
-export class PageState {
+export class PageState<P extends Profile | null = Profile | null> {
   readonly act: string
   readonly request: FastifyRequest
-  /** The verified token's profile; `null` on an `auth: 'optional'` route without a token. */
-  readonly profile: Profile | null
+  /** The verified token's profile; `null` only on an `auth: 'optional'` route without a token. */
+  readonly profile: P
   /** The verified token's claims (`exp`, `sub`, …), or `null`. */
   readonly claims: TokenPayload | null
   /** The request's child logger, with the act's name. */
@@ -42,7 +42,7 @@ export class PageState {
   plan: UpgradePlan | null = null
   readonly #onBinary: BinaryHandler | undefined
 
-  constructor (act: string, request: FastifyRequest, profile: Profile | null, claims: TokenPayload | null, onBinary?: BinaryHandler) {
+  constructor (act: string, request: FastifyRequest, profile: P, claims: TokenPayload | null, onBinary?: BinaryHandler) {
     this.act = act
     this.request = request
     this.profile = profile
@@ -81,7 +81,7 @@ export class PageState {
     return { channel }
   }
 
-  /** The seed's spelling: `upgrade` with metadata. */
+  /** Project Forge's spelling: `upgrade` with metadata. */
   upgradeWithMetadata (channel: string, metadata: Metadata): UpgradeTicket {
     return this.upgrade(channel, metadata)
   }
@@ -101,8 +101,11 @@ export function currentPageState (caller: string): PageState {
   return ps
 }
 
-/** An act handler: decides, before the upgrade, whether and into which channel a request is upgraded. */
-export type ActHandler = (app: FastifyInstance, ps: PageState) => UpgradeTicket | undefined | Promise<UpgradeTicket | undefined>
+/**
+ * An act handler: decides, before the upgrade, whether and into which channel a request is upgraded. `P` is the
+ * profile's type: `Profile` where a token is required, `Profile | null` on `auth: 'optional'` routes.
+ */
+export type ActHandler<P extends Profile | null = Profile> = (app: FastifyInstance, ps: PageState<P>) => UpgradeTicket | undefined | Promise<UpgradeTicket | undefined>
 
 /** Per-route options of `app.socket.act`. */
 export interface ActOptions {

@@ -63,7 +63,7 @@ export interface ConnectionInit {
 
 function dropIfOpen (conn: Connection): void {
   if (conn.state === ConnectionState.CLOSED) return
-  conn.log.info('slow consumer did not complete the close: terminating')
+  conn.debug({}, 'slow consumer did not complete the close: terminating')
   conn.terminate()
 }
 

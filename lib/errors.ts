@@ -1,4 +1,6 @@
-import createError, { type FastifyError } from '@fastify/error'
+// Named imports: the emitted errors.d.ts then names `FastifyErrorConstructor`, which every moduleResolution finds
+// (the default import's namespace, `createError.FastifyErrorConstructor`, is not found under Bundler).
+import { createError, type FastifyError } from '@fastify/error'
 
 /**
  * Every error forge-socket raises, in one registry. Each has a stable `FST_SOCKET_*` code and an HTTP status
@@ -15,9 +17,11 @@ export const errors = {
 
   // Refusals before the upgrade (plain HTTP)
   FST_SOCKET_UPGRADE_REQUIRED: createError('FST_SOCKET_UPGRADE_REQUIRED', 'This route only accepts WebSocket upgrades', 426),
+  FST_SOCKET_NO_ROUTE: createError('FST_SOCKET_NO_ROUTE', 'Route %s:%s not found', 404),
   FST_SOCKET_TOKEN_MISSING: createError('FST_SOCKET_TOKEN_MISSING', 'No authorization token was found', 401),
   FST_SOCKET_TOKEN_INVALID: createError('FST_SOCKET_TOKEN_INVALID', 'Authorization token is invalid: %s', 401),
   FST_SOCKET_TOKEN_EXPIRED: createError('FST_SOCKET_TOKEN_EXPIRED', 'Authorization token expired', 401),
+  FST_SOCKET_AUTH_UNAVAILABLE: createError('FST_SOCKET_AUTH_UNAVAILABLE', 'Tokens cannot be verified right now', 503),
   FST_SOCKET_FORBIDDEN: createError('FST_SOCKET_FORBIDDEN', 'Forbidden: %s', 403),
   FST_SOCKET_ORIGIN_FORBIDDEN: createError('FST_SOCKET_ORIGIN_FORBIDDEN', 'Origin "%s" is not allowed', 403),
   FST_SOCKET_NOT_UPGRADED: createError('FST_SOCKET_NOT_UPGRADED', 'The act handler "%s" did not upgrade the connection', 403),

@@ -35,7 +35,7 @@ export class Heartbeat {
   #reap (): void {
     for (const conn of this.#connections()) {
       if (!conn.awaitingPong) continue
-      conn.log.info('no pong within the heartbeat timeout: terminating')
+      conn.debug({}, 'no pong within the heartbeat timeout: terminating')
       conn.terminate()
     }
   }

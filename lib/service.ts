@@ -1,5 +1,6 @@
 import { randomUUID } from 'node:crypto'
 import type { ServerResponse } from 'node:http'
+import type { Socket } from 'node:net'
 import type { Duplex } from 'node:stream'
 import type { FastifyBaseLogger, FastifyInstance, FastifyRequest } from 'fastify'
 import type { TSchema } from 'typebox'
@@ -17,7 +18,7 @@ import { corkTick, directStream, textFrame } from './frame.js'
 import { Inbound } from './inbound.js'
 import { ConnectionCounter } from './limits.js'
 import { PageState, currentPageState, runAct, type ActHandler, type ActOptions, type ActRouteOptions, type UpgradePlan, type UpgradeTicket } from './act.js'
-import { authenticate, checkOrigin, verifyToken, type VerifyOptions } from './auth.js'
+import { checkOrigin, type Authenticator } from './auth.js'
 import type { BrokerHealth, BrokerMessage, NodeCounts, NodeReport, PresenceChange, PresenceEntry } from './broker/broker.js'
 import type { Profile, ResolvedOptions } from './options.js'
 import type { OutboundMessage, ServerMessageData } from '../schemas/envelope.js'
@@ -77,7 +78,7 @@ export class SocketService {
   readonly nodeId = randomUUID()
   readonly #app: FastifyInstance
   readonly #options: Readonly<ResolvedOptions>
-  readonly #verifyOptions: VerifyOptions | undefined
+  readonly #auth: Authenticator
   readonly #ownWebsocket: boolean
   readonly #connections = new Map<string, Connection>()
   readonly #channels = new ChannelRegistry()
@@ -88,7 +89,7 @@ export class SocketService {
   readonly #closeHooks: CloseHook[] = []
   /** Token expiries: one queue and one timer for every connection (lib/deadlines.ts). */
   readonly #expiries = new Deadlines<Connection>((conn) => {
-    conn.log.info('token expired: closing')
+    conn.debug({}, 'token expired: closing')
     conn.close(CloseCode.UNAUTHORIZED, 'token expired')
   })
   readonly #perIp: ConnectionCounter
@@ -103,11 +104,11 @@ export class SocketService {
    * @param ownWebsocket forge-socket registered @fastify/websocket itself (with its default error handler), so the
    * upgraded socket's error listener may be replaced by one that keeps no request alive.
    */
-  constructor (app: FastifyInstance, options: Readonly<ResolvedOptions>, verifyOptions?: VerifyOptions, ownWebsocket = false) {
+  constructor (app: FastifyInstance, options: Readonly<ResolvedOptions>, auth: Authenticator, ownWebsocket = false) {
     this.#app = app
     this.#ownWebsocket = ownWebsocket
     this.#options = options
-    this.#verifyOptions = verifyOptions
+    this.#auth = auth
     this.#perIp = new ConnectionCounter(options.connectionLimits.perIp)
     this.#perUser = new ConnectionCounter(options.connectionLimits.perUser)
     this.#heartbeat = new Heartbeat(() => this.#connections.values(), options.heartbeat.interval, options.heartbeat.timeout)
@@ -141,7 +142,10 @@ export class SocketService {
    *   return ps.upgrade(`chat-room-${room}`, { room })
    * }))
    */
-  act (name: string, handler: ActHandler, options: ActOptions = {}): ActRouteOptions {
+  act (name: string, handler: ActHandler<Profile>, options?: ActOptions & { auth?: 'required' }): ActRouteOptions
+  act (name: string, handler: ActHandler<Profile | null>, options: ActOptions & { auth: 'optional' }): ActRouteOptions
+  act (name: string, handler: ActHandler<Profile | null>, options: ActOptions): ActRouteOptions
+  act (name: string, handler: ActHandler<Profile> | ActHandler<Profile | null>, options: ActOptions = {}): ActRouteOptions {
     if (typeof handler !== 'function') throw new errors.FST_SOCKET_INVALID_OPTIONS(`act "${name}" needs a handler function`)
     const required = (options.auth ?? 'required') === 'required'
     const service = this
@@ -151,43 +155,48 @@ export class SocketService {
         if (!request.ws) throw new errors.FST_SOCKET_UPGRADE_REQUIRED()
         if (service.#closing) throw new errors.FST_SOCKET_SHUTTING_DOWN()
         checkOrigin(request, service.#options.origins)
-        const { profile, payload } = await authenticate(this, request, service.#options.auth, required, service.#verifyOptions)
+        // Before authenticate: this refusal needs no token, and verifying one may cost a JWKS fetch.
         if (!service.#perIp.allows(request.ip)) throw new errors.FST_SOCKET_TOO_MANY_CONNECTIONS('IP address')
+        const { profile, payload } = await service.#auth.authenticate(request, required)
         if (!service.#perUser.allows(profile?.id ?? null)) throw new errors.FST_SOCKET_TOO_MANY_CONNECTIONS('user')
         const ps = new PageState(name, request, profile, payload, options.onBinary)
-        await runAct(ps, () => handler(this, ps))
+        // On a route whose auth is required, authenticate has refused every request without a profile.
+        await runAct(ps, () => (handler as ActHandler<Profile | null>)(this, ps))
         if (ps.plan === null) throw new errors.FST_SOCKET_NOT_UPGRADED(name);
         const upgrading = request as RequestWithPlan
         upgrading[kPlan] = ps.plan
         upgrading[kResponse] = reply.raw
         // The upgrade completes in this tick: ws's 101 answer and the `connected` frame then leave in one write
-        // (one system call instead of two).
-        corkTick(request.raw.socket)
+        // (one system call instead of two). Under `app.injectWS` there is no TCP socket, and nothing to cork.
+        const tcp = request.raw.socket as Socket | undefined
+        if (tcp !== undefined) corkTick(tcp)
       },
       handler (socket, request) {
         const upgraded = request as RequestWithPlan
         // Nothing may keep the upgrade's request and response alive as long as the connection (a few KiB each):
         // the response @fastify/websocket gave the socket, to refuse with a status, is detached; and its 'error'
         // listener, which holds both, is replaced by ours (the same: log, terminate) where its handler is the default.
-        upgraded[kResponse]?.detachSocket(request.raw.socket)
+        const response = upgraded[kResponse]
+        if (response?.socket != null) response.detachSocket(response.socket)
         // preValidation always sets the plan before @fastify/websocket upgrades.
         const plan = upgraded[kPlan] as UpgradePlan
         if (service.#ownWebsocket) {
           socket.removeAllListeners('error')
           socket.on('error', service.#onError)
         }
-        service.#accept(socket, plan, directStream(socket.extensions, request.raw.socket))
+        // Without a TCP socket (`app.injectWS`), every frame goes through ws.
+        service.#accept(socket, plan, directStream(socket.extensions, request.raw.socket as Socket | undefined))
       }
     }
   }
 
   /**
-   * The seed's `upgrade(channel, profile, logger)`, called from inside an act handler: accepts the upgrade
+   * Project Forge's `upgrade(channel, profile, logger)`, called from inside an act handler: accepts the upgrade
    * into `channel`. Outside an act handler it throws FST_SOCKET_OUTSIDE_ACT.
    *
    * @example
    * app.get('/ws/notifications', app.socket.act('notifications', (app, ps) =>
-   *   app.socket.upgrade(`user-${ps.profile!.id}`, ps.profile, ps.logger)))
+   *   app.socket.upgrade(`user-${ps.profile.id}`, ps.profile, ps.logger)))
    */
   upgrade (channel: string, profile?: Profile | null, logger?: FastifyBaseLogger): UpgradeTicket {
     return currentPageState('app.socket.upgrade').upgrade(channel, undefined, profile, logger)
@@ -214,7 +223,7 @@ export class SocketService {
   }
 
   /**
-   * Sends a message to one channel or several (the seed's per-user idiom: `user-<id>` channels). Each channel
+   * Sends a message to one channel or several (Project Forge's per-user idiom: `user-<id>` channels). Each channel
    * gets its own envelope; returns how many local connections were written to.
    *
    * @example
@@ -414,10 +423,9 @@ export class SocketService {
     const drained = new Promise<void>((resolve) => { this.#drained = resolve })
     for (const conn of this.#connections.values()) conn.close(CloseCode.GOING_AWAY, 'server shutting down')
     const deadline = setTimeout(() => {
-      for (const conn of this.#connections.values()) {
-        conn.log.warn('still open at the shutdown deadline: terminating')
-        conn.terminate()
-      }
+      // One line for all of them: a shutdown with thousands of stragglers must not write thousands of warnings.
+      this.#app.log.warn({ connections: this.#connections.size }, 'connections still open at the shutdown deadline: terminating')
+      for (const conn of this.#connections.values()) conn.terminate()
     }, this.#options.shutdownTimeout)
     await drained
     clearTimeout(deadline)
@@ -559,7 +567,7 @@ export class SocketService {
 
   /**
    * `auth.refresh`: a fresh token for the same subject moves the connection's expiry. A bad token, or one for
-   * another subject, closes the connection with 4001.
+   * another subject, closes the connection with 4001. @fastify/jwt's callbacks see a stand-in request (lib/jwt.ts).
    */
   async #refresh (conn: Connection, param: unknown): Promise<{ exp: number | null }> {
     const token = (param as { token?: unknown } | null)?.token
@@ -570,10 +578,12 @@ export class SocketService {
       setImmediate(() => conn.close(CloseCode.UNAUTHORIZED, reason))
       return err
     }
-    let verified: Awaited<ReturnType<typeof verifyToken>>
+    let verified: Awaited<ReturnType<Authenticator['refresh']>>
     try {
-      verified = await verifyToken(this.#app, token, this.#options.auth, conn.log, this.#verifyOptions)
+      verified = await this.#auth.refresh(token, conn.ip, conn.log)
     } catch (err) {
+      // No verdict on the token (its key could not be fetched): the connection keeps its expiry and may try again.
+      if (err instanceof errors.FST_SOCKET_AUTH_UNAVAILABLE) throw err
       throw refuse(err as Error, 'refresh token refused')
     }
     if (verified.profile.id !== conn.profile.id) {

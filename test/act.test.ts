@@ -356,3 +356,21 @@ t.test('while the app is closing, a new upgrade is refused with 503 FST_SOCKET_S
   t.equal(result.body.code, 'FST_SOCKET_SHUTTING_DOWN')
   await closing
 })
+
+t.test('an upgrade to a path with no route is a plain 404 before the upgrade: no socket opens', async (t) => {
+  let opened = 0
+  const app = await build({}, (app) => {
+    app.get('/ws/a', app.socket.act('a', (app, ps) => ps.upgrade('a')))
+    app.socket.onOpen(() => { opened++ })
+  })
+  t.after(() => app.close())
+  const base = await listen(app)
+  const missing = await refused(`${base}/ws/nowhere?x=1`, auth)
+  t.equal(missing.status, 404)
+  t.match(missing.body, { code: 'FST_SOCKET_NO_ROUTE', message: 'Route GET:/ws/nowhere not found' })
+  const plain = await fetch(`${base.replace('ws', 'http')}/ws/nowhere`)
+  t.equal(plain.status, 404, 'a plain request to the same path is still Fastify\'s own 404')
+  t.not((await plain.json() as { code?: string }).code, 'FST_SOCKET_NO_ROUTE')
+  t.equal(opened, 0)
+  t.equal(app.socket.status().connections, 0)
+})

@@ -557,7 +557,7 @@ t.test('no leaks once every client is gone', async (t) => {
   t.match(app.socket.status(), { connections: 0, channels: 0 })
 })
 
-t.test('the seed spellings: app.socket.upgrade and upgradeWithMetadata', async (t) => {
+t.test("Project Forge's spellings: app.socket.upgrade and upgradeWithMetadata", async (t) => {
   const { app, open } = await start(t, {}, (app) => {
     app.get('/ws/seed', app.socket.act('seed', (app, ps) => app.socket.upgrade(`user-${ps.profile?.id ?? 'nobody'}`, ps.profile, ps.logger)))
     app.get('/ws/seed-meta', app.socket.act('seed-meta', (app, ps) => app.socket.upgradeWithMetadata('lobby', { id: 'someone-else' } as unknown as Profile, { plan: 'pro' })))

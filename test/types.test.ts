@@ -5,6 +5,11 @@ import t from 'tap'
 import Type from 'typebox'
 import { build, listen, sign, connect } from './helpers/server.js'
 import type { PageState, UpgradeTicket } from '../plugin.js'
+import type { FastifyInstance } from 'fastify'
+import type fastifyRedis from '@fastify/redis'
+import type { Redis as Redis5, RedisOptions as RedisOptions5 } from 'ioredis'
+import { RedisBroker, type ForgeSocketOptions, type RedisBrokerOptions, type RedisClient } from '../plugin.js'
+import { resolveOptions } from '../lib/options.js'
 
 t.test('the public API is typed', async (t) => {
   const app = await build()
@@ -71,4 +76,47 @@ t.test('the client checks declared command params on send and types them on `on`
   if (socket.state === 'closed') socket.send('room-a', 'typed-note', { txt: 'hi' })
   socket.send('room-a', 'typed-note', { text: 'hi' })
   t.equal(await received, 'ann: hi')
+})
+
+/** ioredis 6's options, as @fastify/redis takes them (its types resolve its own ioredis 6). */
+type RedisOptions6 = Exclude<fastifyRedis.FastifyRedisPluginOptions, { client: unknown }>
+
+t.test('ioredis 5 and 6 clients and options fit the broker option, whose types need no ioredis', async (t) => {
+  // ioredis 5's Redis, ioredis 6's (@fastify/redis's app.redis, and what its duplicate() makes), and either's options.
+  const five = (client: Redis5): RedisClient => client
+  const six = (app: FastifyInstance): ForgeSocketOptions => ({ broker: app.redis })
+  const sixCopy = (app: FastifyInstance): RedisBrokerOptions => ({ redis: app.redis.duplicate() })
+  const fiveOptions = (redis: RedisOptions5): ForgeSocketOptions => ({ broker: redis })
+  const sixOptions = (redis: RedisOptions6): RedisBrokerOptions => ({ redis })
+  void [five, six, sixCopy, fiveOptions, sixOptions]
+  // @ts-expect-error half a client is no RedisClient
+  const half: RedisClient = { status: 'ready', duplicate: () => half }
+  void half
+
+  const options: ForgeSocketOptions = { broker: { host: '10.0.0.5', port: 6380, retryStrategy: (times: number) => times * 50 } }
+  const { broker } = resolveOptions(options)
+  t.ok(broker instanceof RedisBroker, 'ioredis options, unknown keys and all, make a RedisBroker')
+  await broker.close()
+  // @ts-expect-error a port is no broker
+  const port: ForgeSocketOptions = { broker: 6379 }
+  t.throws(() => resolveOptions(port), { code: 'FST_SOCKET_INVALID_OPTIONS' })
+})
+
+t.test("ps.profile is a Profile where a token is required, and may be null on auth: 'optional' routes", async (t) => {
+  const app = await build()
+  t.after(() => app.close())
+  app.get('/ws/required', app.socket.act('required', (_app, ps) => ps.upgrade(`user-${ps.profile.id}`)))
+  app.get('/ws/optional', app.socket.act('optional', (_app, ps) => {
+    // @ts-expect-error without a token there is no profile on an optional route
+    const unchecked = (): string => ps.profile.id
+    void unchecked
+    return ps.upgrade(`user-${ps.profile?.id ?? 'anonymous'}`)
+  }, { auth: 'optional' }))
+  const base = await listen(app)
+  const { client, connected } = await connect(`${base}/ws/required`, sign({ sub: 'ann' }))
+  t.equal(connected.channel, 'user-ann')
+  client.close()
+  const anonymous = await connect(`${base}/ws/optional`)
+  t.equal(anonymous.connected.channel, 'user-anonymous')
+  anonymous.client.close()
 })
