@@ -25,6 +25,10 @@ declare module 'fastify' {
  * await app.register(forgeSocket, { jwt: { secret: process.env.JWT_SECRET } })
  * app.get('/ws/notifications', app.socket.act('notifications', (app, ps) => ps.upgrade(`user-${ps.profile.id}`)))
  */
+/** Marks, in a route's config, a route that does not take WebSocket upgrades. */
+const kPlainRoute = Symbol('forge-socket.plain-route')
+type PlainRouteConfig = { [kPlainRoute]?: true }
+
 async function forgeSocket (app: FastifyInstance, input: ForgeSocketOptions): Promise<void> {
   if (app.hasDecorator('socket')) throw new errors.FST_SOCKET_ALREADY_REGISTERED()
   const options = resolveOptions(input)
@@ -49,11 +53,16 @@ async function forgeSocket (app: FastifyInstance, input: ForgeSocketOptions): Pr
     app.websocketServer.options.handleProtocols ??= selectProtocol
   }
 
-  // An upgrade to a path with no route is refused as plain HTTP 404 before any socket opens (left to
-  // @fastify/websocket, it would be upgraded and closed at once, with 1005).
-  // A callback hook, not an async one: it runs on every request of the app, and costs no promise on any.
+  // An upgrade to a path with no route, or to a plain HTTP route (one registered after forge-socket: those are
+  // marked here), is refused as plain HTTP 404 before any socket opens. Left to @fastify/websocket, it would be
+  // upgraded and closed at once, with 1005. A callback hook, not an async one: it runs on every request of the
+  // app, and costs no promise on any.
+  app.addHook('onRoute', (route) => {
+    if (route.websocket !== true && typeof route.wsHandler !== 'function') route.config = { ...route.config, [kPlainRoute]: true }
+  })
   app.addHook('onRequest', (request, _reply, done) => {
-    done(request.ws && request.is404 ? new errors.FST_SOCKET_NO_ROUTE(request.method, request.url.split('?')[0]) : undefined)
+    const refused = request.ws && (request.is404 || (request.routeOptions.config as PlainRouteConfig)[kPlainRoute] === true)
+    done(refused ? new errors.FST_SOCKET_NO_ROUTE(request.method, request.url.split('?')[0]) : undefined)
   })
 
   const service = new SocketService(app, options, authenticator, ownWebsocket)

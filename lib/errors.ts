@@ -17,7 +17,7 @@ export const errors = {
 
   // Refusals before the upgrade (plain HTTP)
   FST_SOCKET_UPGRADE_REQUIRED: createError('FST_SOCKET_UPGRADE_REQUIRED', 'This route only accepts WebSocket upgrades', 426),
-  FST_SOCKET_NO_ROUTE: createError('FST_SOCKET_NO_ROUTE', 'Route %s:%s not found', 404),
+  FST_SOCKET_NO_ROUTE: createError('FST_SOCKET_NO_ROUTE', 'No WebSocket route at %s:%s', 404),
   FST_SOCKET_TOKEN_MISSING: createError('FST_SOCKET_TOKEN_MISSING', 'No authorization token was found', 401),
   FST_SOCKET_TOKEN_INVALID: createError('FST_SOCKET_TOKEN_INVALID', 'Authorization token is invalid: %s', 401),
   FST_SOCKET_TOKEN_EXPIRED: createError('FST_SOCKET_TOKEN_EXPIRED', 'Authorization token expired', 401),

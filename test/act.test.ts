@@ -357,20 +357,27 @@ t.test('while the app is closing, a new upgrade is refused with 503 FST_SOCKET_S
   await closing
 })
 
-t.test('an upgrade to a path with no route is a plain 404 before the upgrade: no socket opens', async (t) => {
+t.test('an upgrade to a path with no route, or with a plain HTTP route, is a plain 404 before the upgrade: no socket opens', async (t) => {
   let opened = 0
   const app = await build({}, (app) => {
     app.get('/ws/a', app.socket.act('a', (app, ps) => ps.upgrade('a')))
+    app.get('/page', async () => ({ page: true }))
+    app.get('/raw', { websocket: true }, (socket) => { socket.close(1000) })
     app.socket.onOpen(() => { opened++ })
   })
   t.after(() => app.close())
   const base = await listen(app)
   const missing = await refused(`${base}/ws/nowhere?x=1`, auth)
   t.equal(missing.status, 404)
-  t.match(missing.body, { code: 'FST_SOCKET_NO_ROUTE', message: 'Route GET:/ws/nowhere not found' })
+  t.match(missing.body, { code: 'FST_SOCKET_NO_ROUTE', message: 'No WebSocket route at GET:/ws/nowhere' })
   const plain = await fetch(`${base.replace('ws', 'http')}/ws/nowhere`)
   t.equal(plain.status, 404, 'a plain request to the same path is still Fastify\'s own 404')
   t.not((await plain.json() as { code?: string }).code, 'FST_SOCKET_NO_ROUTE')
+  const page = await refused(`${base}/page`, auth)
+  t.same([page.status, page.body.code], [404, 'FST_SOCKET_NO_ROUTE'], 'an upgrade to a plain HTTP route is refused the same way')
+  t.equal((await fetch(`${base.replace('ws', 'http')}/page`)).status, 200, 'which still answers plain requests')
+  const raw = new Client(`${base}/raw`)
+  t.same(await raw.closed, { code: 1000, reason: '' }, 'an @fastify/websocket route of the app\'s own still upgrades')
   t.equal(opened, 0)
   t.equal(app.socket.status().connections, 0)
 })

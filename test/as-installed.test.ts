@@ -15,7 +15,8 @@ import { Client, refused, sign } from './helpers/server.js'
 // Client examples type-checked as written (strict, skipLibCheck: false; NodeNext and Bundler) and run, both entry
 // points required from CommonJS, TypeScript's node10 resolution, and an injectWS test of an act route.
 
-// npm install and the type-checks with skipLibCheck: false take a while (about 45 s on two idle cores).
+// npm install and the type-checks with skipLibCheck: false take a while (about 45 s on two idle cores): the
+// longest file of the suite, named to sort (and so start) near the front, where the others run beside it.
 t.setTimeout(300_000)
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url))
