@@ -18,6 +18,10 @@ declare module 'fastify' {
   }
 }
 
+/** Marks, in a route's config, a route that does not take WebSocket upgrades. */
+const kPlainRoute = Symbol('forge-socket.plain-route')
+type PlainRouteConfig = { [kPlainRoute]?: true }
+
 /**
  * Real-time, channel-based messaging over WebSockets, with JWT-protected channels.
  *
@@ -25,10 +29,6 @@ declare module 'fastify' {
  * await app.register(forgeSocket, { jwt: { secret: process.env.JWT_SECRET } })
  * app.get('/ws/notifications', app.socket.act('notifications', (app, ps) => ps.upgrade(`user-${ps.profile.id}`)))
  */
-/** Marks, in a route's config, a route that does not take WebSocket upgrades. */
-const kPlainRoute = Symbol('forge-socket.plain-route')
-type PlainRouteConfig = { [kPlainRoute]?: true }
-
 async function forgeSocket (app: FastifyInstance, input: ForgeSocketOptions): Promise<void> {
   if (app.hasDecorator('socket')) throw new errors.FST_SOCKET_ALREADY_REGISTERED()
   const options = resolveOptions(input)
