@@ -1,6 +1,6 @@
 // `npm run bench`: forge-socket, raw ws and socket.io 4 side by side, each server in a process of its own and the
 // load generator in another. Prints a table and the targets, and writes the figures to bench/results/latest.json.
-// Options: --runs N (default 5; medians are reported), --quick (1 run, shorter), --only <scenario id>,
+// Options: --runs N (default 5; medians are reported; presence: at most 3), --quick (1 run, shorter), --only <scenario id>,
 // --pin (with two or more cores and `taskset`: the servers on core 0, the load generator on core 1, so neither
 // takes the other's core; both nodes of the Redis scenario then share one core).
 import { spawn, execFileSync, type ChildProcess } from 'node:child_process'
@@ -236,6 +236,13 @@ function targets (): Array<{ target: string, value: number | null, pass: boolean
     ...list.map(({ target, value, limit, atMost }) => ({ target, value, pass: value === null ? null : atMost ? value <= limit : value >= limit })),
     { target: 'zero messages lost in every scenario', value: lost, pass: lost === 0 }
   ]
+}
+
+// The presence scenarios (forge-socket alone: the others have no presence to compare), in a process of their own.
+if (args.only === undefined || args.only.startsWith('presence')) {
+  const presence = spawn(process.execPath, [`${HERE}presence.js`, ...process.argv.slice(2)], { cwd: ROOT, stdio: 'inherit' })
+  const [code] = await once(presence, 'exit') as [number | null]
+  if (code !== 0) process.stdout.write(`\npresence scenarios failed (exit ${String(code)})\n`)
 }
 
 const checked = targets()

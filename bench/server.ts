@@ -37,10 +37,11 @@ async function forge (): Promise<number> {
   await app.register(forgeSocket, {
     jwt: { secret: SECRET },
     broker: process.env.REDIS_URL ?? 'memory',
-    // A publisher and echo clients send thousands of messages a second; presence in a 5,000-member channel would
-    // announce every join to every member (O(n²) messages while the bench connects).
+    // A publisher and echo clients send thousands of messages a second. Presence is off but for bench/presence.ts
+    // (BENCH_PRESENCE=1), which measures it with its defaults, and lets its toggler subscribe to the channel.
     rateLimit: { perSecond: 1_000_000, burst: 1_000_000 },
-    presence: false
+    presence: process.env.BENCH_PRESENCE === '1' && { maxUsers: Number(process.env.BENCH_PRESENCE_MAX_USERS ?? 1000) },
+    authorizeChannel: () => process.env.BENCH_PRESENCE === '1'
   })
   app.get('/ws/bench', app.socket.act('bench', (app, ps) => ps.upgrade(CHANNEL)))
   app.get('/ws/bench-pub', app.socket.act('bench.pub', (app, ps) => ps.upgrade(PUB_CHANNEL)))

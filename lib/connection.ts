@@ -12,10 +12,21 @@ import type { BinaryHandler } from './act.js'
 import type { Deadlined } from './deadlines.js'
 
 /** The options a connection reads: its inbound limits and its send buffer's. */
-export type ConnectionLimits = Pick<ResolvedOptions, 'rateLimit' | 'badFrames' | 'sendBufferLimit' | 'heartbeat'>
+export type ConnectionLimits = Pick<ResolvedOptions, 'rateLimit' | 'subscribeRate' | 'badFrames' | 'sendBufferLimit' | 'heartbeat'>
 
 /** A connection refused more frames than `rateLimit.perSecond` allows in this many seconds is closed (1008). */
 export const ABUSE_WINDOW_SECONDS = 5
+
+/**
+ * ws's `maxPendingAutoPongs` for forge-socket's server. ws answers every ping itself, and terminates a peer with that
+ * many answers not written yet (60 by default), with no close frame (1006): a flood of pings read in one chunk got
+ * there before the rate limit had refused a single one. This leaves room for every ping the rate limit lets
+ * through before its 1008 (`pinged`): the burst, a second's refill, and the refused pings of two abuse windows (one
+ * may end during the flood).
+ */
+export function pendingPongsAllowed (rateLimit: ResolvedOptions['rateLimit']): number {
+  return rateLimit.burst + rateLimit.perSecond * (2 * ABUSE_WINDOW_SECONDS + 1)
+}
 
 /** ws send options, shared by every send that goes through ws. */
 const TEXT_FRAME = Object.freeze({ binary: false })
@@ -109,6 +120,7 @@ export class Connection implements Deadlined {
   #log: FastifyBaseLogger | null = null
   // Made on first use: an idle connection sends nothing, and most never have a frame refused or a malformed one.
   #rate: TokenBucket | null = null
+  #subscribes: TokenBucket | null = null
   #refused: WindowCounter | null = null
   #badFrames: WindowCounter | null = null
 
@@ -147,6 +159,11 @@ export class Connection implements Deadlined {
   /** Inbound frames: `rateLimit.perSecond`, with `rateLimit.burst` saved up (full when first used, as at open). */
   get rate (): TokenBucket {
     return (this.#rate ??= new TokenBucket(this.#limits.rateLimit.perSecond, this.#limits.rateLimit.burst, Date.now()))
+  }
+
+  /** `subscribe` and `unsubscribe`: `subscribeRate.perSecond`, with `subscribeRate.burst` saved up. */
+  get subscribes (): TokenBucket {
+    return (this.#subscribes ??= new TokenBucket(this.#limits.subscribeRate.perSecond, this.#limits.subscribeRate.burst, Date.now()))
   }
 
   /** "Sustained abuse": more frames refused in a window than the rate allows in that window. */
@@ -221,6 +238,17 @@ export class Connection implements Deadlined {
   ping (): void {
     this.awaitingPong = true
     this.#socket.ping()
+  }
+
+  /**
+   * A ping from the peer: it is heard from, and the ping takes a token of the inbound rate like a frame. ws has
+   * answered it already, so one over the rate is only counted as refused; sustained, as for frames, the connection
+   * is closed with 1008.
+   */
+  pinged (): void {
+    this.awaitingPong = false
+    const now = Date.now()
+    if (!this.rate.take(now) && this.refused.hit(now)) this.close(CloseCode.POLICY_VIOLATION, 'ping rate limit exceeded')
   }
 
   info (): ConnectionInfo {

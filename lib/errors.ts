@@ -29,6 +29,7 @@ export const errors = {
   FST_SOCKET_BAD_PROTOCOL: createError('FST_SOCKET_BAD_PROTOCOL', 'Sec-WebSocket-Protocol must offer "forge.v1" when it carries a bearer token', 400),
   FST_SOCKET_SHUTTING_DOWN: createError('FST_SOCKET_SHUTTING_DOWN', 'The server is shutting down', 503),
   FST_SOCKET_TOO_MANY_CONNECTIONS: createError('FST_SOCKET_TOO_MANY_CONNECTIONS', 'Too many connections for this %s', 429),
+  FST_SOCKET_CONNECTION_RATE_LIMITED: createError('FST_SOCKET_CONNECTION_RATE_LIMITED', 'Too many new connections from this %s: try again later', 429),
 
   // Messages on an open connection (sent as `error` messages; the connection stays open)
   FST_SOCKET_BAD_REQUEST: createError('FST_SOCKET_BAD_REQUEST', 'Bad request: %s', 400),
@@ -64,6 +65,15 @@ export const CloseCode = {
   FORBIDDEN: 4003,
   SLOW_CONSUMER: 4008
 } as const
+
+/**
+ * Sets an upgrade refusal's `Retry-After` (whole seconds, at least 1): Fastify's error handler sends an error's
+ * `headers` with its reply, and forge-socket's client waits that long before it tries again.
+ */
+export function withRetryAfter<E extends FastifyError> (err: E, ms: number): E {
+  (err as E & { headers: Record<string, string> }).headers = { 'retry-after': String(Math.max(1, Math.ceil(ms / 1000))) }
+  return err
+}
 
 /** Throw from an act or command handler to refuse with 403 (before the upgrade) or a coded `error` message. */
 export function forbidden (reason = 'access denied'): FastifyError {

@@ -110,6 +110,12 @@ export class Inbound {
   /** The reserved commands a client sends: membership and the token refresh. */
   async #reserved (conn: Connection, message: InboundMessage): Promise<unknown> {
     const { channel, cmd, param } = message
+    // Membership changes have a rate of their own: each may be presence traffic for every member of the channel.
+    // A client that keeps at it past its limit is closed like one that floods messages.
+    if (cmd !== 'auth.refresh' && !conn.subscribes.take(Date.now())) {
+      if (conn.refused.hit(Date.now())) conn.close(CloseCode.POLICY_VIOLATION, 'subscribe rate limit exceeded')
+      throw new errors.FST_SOCKET_LIMIT_EXCEEDED(`at most ${this.#options.subscribeRate.perSecond} subscribes and unsubscribes a second`)
+    }
     switch (cmd) {
       case 'subscribe':
         assertChannel(channel)

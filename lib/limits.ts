@@ -25,11 +25,70 @@ export class TokenBucket {
 
   /** Takes a token if there is one. */
   take (now: number): boolean {
-    this.#tokens = Math.min(this.#burst, this.#tokens + ((now - this.#last) * this.#rate) / 1000)
-    this.#last = now
+    this.#refill(now)
     if (this.#tokens < 1) return false
     this.#tokens -= 1
     return true
+  }
+
+  /** ms until the next token (0 when there is one). */
+  wait (now: number): number {
+    this.#refill(now)
+    return this.#tokens >= 1 ? 0 : Math.ceil(((1 - this.#tokens) * 1000) / this.#rate)
+  }
+
+  /** Whether the whole burst is saved up again (the bucket is as good as new). */
+  full (now: number): boolean {
+    this.#refill(now)
+    return this.#tokens >= this.#burst
+  }
+
+  #refill (now: number): void {
+    this.#tokens = Math.min(this.#burst, this.#tokens + ((now - this.#last) * this.#rate) / 1000)
+    this.#last = now
+  }
+}
+
+/** How often `RateByKey` forgets the keys whose buckets are full again. */
+const SWEEP_INTERVAL = 10_000
+
+/**
+ * A token bucket per key (a client IP, a user id), for the connection rates. A key whose bucket is full again is
+ * as good as new and is forgotten at the next sweep (at most one every 10 s, done by `take`), so the map holds
+ * only the keys that connected recently.
+ *
+ * @example
+ * const perIp = new RateByKey(20, 40)
+ * const wait = perIp.take(request.ip, Date.now())   // 0, or ms until the next connection is allowed
+ */
+export class RateByKey {
+  readonly #buckets = new Map<string, TokenBucket>()
+  readonly #rate: number
+  readonly #burst: number
+  #swept = 0
+
+  /** `rate` 0 means no limit (nothing is kept). */
+  constructor (rate: number, burst: number) {
+    this.#rate = rate
+    this.#burst = burst
+  }
+
+  get size (): number {
+    return this.#buckets.size
+  }
+
+  /** Takes one for `key`: 0 when it may go ahead, else the ms until it may. */
+  take (key: string | null, now: number): number {
+    if (this.#rate === 0 || key === null) return 0
+    if (now - this.#swept >= SWEEP_INTERVAL) this.#sweep(now)
+    let bucket = this.#buckets.get(key)
+    if (bucket === undefined) this.#buckets.set(key, (bucket = new TokenBucket(this.#rate, this.#burst, now)))
+    return bucket.take(now) ? 0 : bucket.wait(now)
+  }
+
+  #sweep (now: number): void {
+    this.#swept = now
+    for (const [key, bucket] of this.#buckets) if (bucket.full(now)) this.#buckets.delete(key)
   }
 }
 

@@ -1,6 +1,7 @@
 import { Compile } from 'typebox/compile'
 import { Value } from 'typebox/value'
-import { OptionsSchema, type OptionsData } from '../schemas/options.js'
+import type { Static } from 'typebox'
+import { OptionsSchema, PresenceSchema, type OptionsData } from '../schemas/options.js'
 import { errors } from './errors.js'
 import { resolveJwtOptions, type JwtOptions } from './jwt.js'
 import { BROKER_METHODS, isBroker, type Broker } from './broker/broker.js'
@@ -58,7 +59,15 @@ export interface ForgeSocketOptions {
    * ioredis 5 or 6 (@fastify/redis's `app.redis`: duplicated, never closed by forge-socket), or a Broker instance.
    */
   broker?: 'memory' | string | RedisConnectionOptions | RedisClient | Broker
+  /**
+   * ms that the start (`app.ready()`, `listen`) waits for a broker that is not ready (Redis down), then refuses with
+   * FST_SOCKET_BROKER_UNAVAILABLE. Default `0`: don't wait; the node starts degraded and joins the others when the
+   * broker is ready.
+   */
+  waitForBroker?: number
   maxPayload?: number
+  /** Frames (fragments) one message may come in; one more closes the connection with 1008. Default 128. */
+  maxFragments?: number
   heartbeat?: { interval?: number, timeout?: number }
   sendBufferLimit?: number
   maxChannelsPerConnection?: number
@@ -66,17 +75,49 @@ export interface ForgeSocketOptions {
   rateLimit?: { perSecond?: number, burst?: number }
   /** Malformed frames tolerated per window (ms) before 1008. Default 20 per 10000 ms. */
   badFrames?: { max?: number, window?: number }
-  /** Open connections per client IP and per user; 0 = no limit (the default). */
-  connectionLimits?: { perIp?: number, perUser?: number }
+  /**
+   * Open connections per client IP and per user, and new connections a second per IP and per user (a token bucket
+   * of `burst`); 0 = no limit (the default). Over a limit, upgrades are refused with 429 and `Retry-After`.
+   */
+  connectionLimits?: { perIp?: number, perUser?: number, ratePerIp?: number, ratePerUser?: number, burst?: number }
+  /** `subscribe` / `unsubscribe` per connection. Default 10/s, burst 128; over it, FST_SOCKET_LIMIT_EXCEEDED. */
+  subscribeRate?: { perSecond?: number, burst?: number }
   maxDepth?: number
   origins?: string[]
   shutdownTimeout?: number
-  presence?: boolean
+  /**
+   * Presence announcements. `true` (default): `user-joined` / `user-left`, gathered per channel over 100 ms, none in
+   * channels of more than 1,000 users. `false`: none (`presence(channel)` still answers).
+   *
+   * @example
+   * presence: { announce: (channel) => channel.startsWith('chat-') ? 'diff' : 'none', interval: 250, maxUsers: 200 }
+   */
+  presence?: boolean | PresenceOptions
   /** Decides client `subscribe` requests. Default: deny every one. */
   authorizeChannel?: (profile: Profile | null, channel: string) => boolean | Promise<boolean>
 }
 
-export interface ResolvedOptions extends Omit<OptionsData, 'auth'> {
+/** How a channel's presence changes are announced: one message per user, one `presence-diff`, or none. */
+export type PresenceMode = 'events' | 'diff' | 'none'
+
+export interface PresenceOptions {
+  /** A mode for every channel, or a function that picks one per channel. Default `'events'`. */
+  announce?: PresenceMode | ((channel: string) => PresenceMode)
+  /** ms over which a channel's changes are gathered into one announcement; 0 = each at once. Default 100. */
+  interval?: number
+  /** Users in a channel above which nothing is announced; 0 = no cap. Default 1000. */
+  maxUsers?: number
+}
+
+/** The presence settings, resolved: `announce` is always a function. */
+export interface ResolvedPresence {
+  announce: (channel: string) => PresenceMode
+  interval: number
+  maxUsers: number
+}
+
+export interface ResolvedOptions extends Omit<OptionsData, 'auth' | 'presence'> {
+  presence: Readonly<ResolvedPresence>
   jwt: Readonly<JwtOptions> | undefined
   auth: OptionsData['auth'] & { profile: ProfileMapper }
   broker: Broker
@@ -122,16 +163,31 @@ function denyAll (): boolean {
 }
 
 /**
+ * `presence` → its settings. A function `announce` is taken out before the schema check and called once per
+ * announcement; its answer is checked then (anything else is treated as `none` and logged by the caller).
+ */
+function splitPresence (presence: unknown): { data: unknown, announce: ((channel: string) => PresenceMode) | null } {
+  if (presence === true || presence === undefined) return { data: {}, announce: null }
+  if (presence === false) return { data: { announce: 'none' }, announce: null }
+  if (typeof presence === 'object' && presence !== null && typeof (presence as PresenceOptions).announce === 'function') {
+    const { announce, ...rest } = presence as PresenceOptions
+    return { data: rest, announce: announce as (channel: string) => PresenceMode }
+  }
+  return { data: presence, announce: null }
+}
+
+/**
  * Validates the options against the schema, fills in the defaults (declared once, in the schema) and freezes
  * the result. Anything invalid is an FST_SOCKET_INVALID_OPTIONS error, never silently replaced.
  */
 export function resolveOptions (input: ForgeSocketOptions = {}): Readonly<ResolvedOptions> {
   // Functions and the broker instance are checked here, not cloned into the data the schema validates.
-  const { authorizeChannel, broker = 'memory', auth = {}, jwt, ...rest } = input
+  const { authorizeChannel, broker = 'memory', auth = {}, jwt, presence: presenceInput, ...rest } = input
   const { profile = defaultProfile, ...authData } = auth
+  const presence = splitPresence(presenceInput)
   // Value.Clone, not structuredClone: a function or symbol under a wrong key must fail the schema check with its
   // path, not throw a DataCloneError.
-  const data = Value.Default(OptionsSchema, Value.Clone({ ...rest, auth: authData })) as OptionsData
+  const data = Value.Default(OptionsSchema, Value.Clone({ ...rest, auth: authData, presence: presence.data })) as OptionsData
   if (!checker.Check(data)) {
     const first = [...checker.Errors(data)][0]
     throw new errors.FST_SOCKET_INVALID_OPTIONS(`${first?.instancePath || '/'} ${first?.message ?? 'is invalid'}`)
@@ -143,6 +199,9 @@ export function resolveOptions (input: ForgeSocketOptions = {}): Readonly<Resolv
   if (authorizeChannel !== undefined && typeof authorizeChannel !== 'function') {
     throw new errors.FST_SOCKET_INVALID_OPTIONS('/authorizeChannel must be a function')
   }
+  // The union's object branch gets its defaults here: Value.Default does not choose a branch of a union.
+  const presenceData = Value.Default(PresenceSchema, data.presence) as Static<typeof PresenceSchema>
+  const mode = presenceData.announce
   const resolvedJwt = resolveJwtOptions(jwt)
   const resolvedBroker = resolveBroker(broker)
 
@@ -154,6 +213,12 @@ export function resolveOptions (input: ForgeSocketOptions = {}): Readonly<Resolv
     rateLimit: Object.freeze(data.rateLimit),
     badFrames: Object.freeze(data.badFrames),
     connectionLimits: Object.freeze(data.connectionLimits),
+    subscribeRate: Object.freeze(data.subscribeRate),
+    presence: Object.freeze({
+      announce: presence.announce ?? (() => mode),
+      interval: presenceData.interval,
+      maxUsers: presenceData.maxUsers
+    }),
     origins: data.origins === undefined ? undefined : Object.freeze([...data.origins]) as string[],
     broker: resolvedBroker,
     authorizeChannel: authorizeChannel ?? denyAll

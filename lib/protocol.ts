@@ -14,6 +14,7 @@ export const RESERVED_COMMANDS = Object.freeze([
   'error', // server → client, { code, message }, with the `ref` of the message it answers
   'user-joined', // server → client, presence
   'user-left', // server → client, presence
+  'presence-diff', // server → client, presence gathered over an interval: { joins, leaves } (channels that opt in)
   'subscribe', // client → server, join a channel through `authorizeChannel`
   'unsubscribe', // client → server, leave a channel
   'ping', // client → server, answered by `pong` (browsers cannot send WebSocket pings)

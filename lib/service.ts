@@ -6,7 +6,7 @@ import type { FastifyBaseLogger, FastifyInstance, FastifyRequest } from 'fastify
 import type { TSchema } from 'typebox'
 import type { RawData, WebSocket } from 'ws'
 import type {} from '@fastify/websocket'
-import { CloseCode, errors } from './errors.js'
+import { CloseCode, errors, withRetryAfter } from './errors.js'
 import { assertChannel, checkServerMessage, encode } from './codec.js'
 import { isSendableCloseCode } from './protocol.js'
 import { ChannelRegistry, type MembershipChange } from './channels.js'
@@ -16,10 +16,11 @@ import { Heartbeat } from './heartbeat.js'
 import { Deadlines } from './deadlines.js'
 import { corkTick, directStream, textFrame } from './frame.js'
 import { Inbound } from './inbound.js'
-import { ConnectionCounter } from './limits.js'
+import { ConnectionCounter, RateByKey } from './limits.js'
 import { PageState, currentPageState, runAct, type ActHandler, type ActOptions, type ActRouteOptions, type UpgradePlan, type UpgradeTicket } from './act.js'
 import { checkOrigin, type Authenticator } from './auth.js'
-import type { BrokerHealth, BrokerMessage, NodeCounts, NodeReport, PresenceChange, PresenceEntry } from './broker/broker.js'
+import type { BrokerHealth, BrokerMessage, Departure, NodeCounts, NodeReport, PresenceChange, PresenceEntry } from './broker/broker.js'
+import { PresenceAnnouncer, type PresenceMember } from './presence.js'
 import type { Profile, ResolvedOptions } from './options.js'
 import type { OutboundMessage, ServerMessageData } from '../schemas/envelope.js'
 
@@ -39,6 +40,9 @@ type RequestWithPlan = FastifyRequest & { [kPlan]?: UpgradePlan, [kResponse]?: S
 const MAX_PENDING_FRAMES = 256
 /** …and the bytes they may hold, in frames of `maxPayload`. */
 const MAX_PENDING_PAYLOADS = 4
+
+/** `Retry-After` of a refusal for too many open connections: when one of them closes can't be known. */
+const FULL_RETRY_AFTER = 5000
 
 export type OpenHook = (conn: Connection) => void | Promise<void>
 export type CloseHook = (conn: Connection, code: number) => void | Promise<void>
@@ -94,6 +98,9 @@ export class SocketService {
   })
   readonly #perIp: ConnectionCounter
   readonly #perUser: ConnectionCounter
+  readonly #ratePerIp: RateByKey
+  readonly #ratePerUser: RateByKey
+  readonly #presence: PresenceAnnouncer
   /** Close paths still leaving channels and running onClose hooks; shutdown waits for them. */
   readonly #closePaths = new Set<Promise<void>>()
   #closing = false
@@ -111,6 +118,14 @@ export class SocketService {
     this.#auth = auth
     this.#perIp = new ConnectionCounter(options.connectionLimits.perIp)
     this.#perUser = new ConnectionCounter(options.connectionLimits.perUser)
+    const { ratePerIp, ratePerUser, burst } = options.connectionLimits
+    this.#ratePerIp = new RateByKey(ratePerIp, burst)
+    this.#ratePerUser = new RateByKey(ratePerUser, burst)
+    this.#presence = new PresenceAnnouncer(options.presence, {
+      broadcast: (channel, cmd, param, except) => { this.broadcast(channel, { cmd, param }, { except }) },
+      deliver: (channel, cmd, param) => { this.#deliver(channel, { channel, cmd, param }, undefined) },
+      warn: (fields, message) => { app.log.warn(fields, message) }
+    })
     this.#heartbeat = new Heartbeat(() => this.#connections.values(), options.heartbeat.interval, options.heartbeat.timeout)
     this.#inbound = new Inbound(options, this.#commands, {
       join: (conn, channel) => this.#join(conn, channel),
@@ -120,15 +135,36 @@ export class SocketService {
     })
   }
 
-  /** Starts the broker and the heartbeat. Called once by the plugin. */
+  /**
+   * Starts the broker and the heartbeat. Called once by the plugin. A broker that is not ready (Redis down) leaves
+   * the node degraded until it is; with `waitForBroker`, the start waits that long for it, then refuses.
+   */
   async start (): Promise<void> {
-    await this.#options.broker.start({
+    const broker = this.#options.broker
+    await broker.start({
       nodeId: this.nodeId,
       deliver: (message) => this.#fromBroker(message),
       log: this.#app.log.child({ broker: true }),
       counts: () => this.#counts(),
       presence: () => this.#localPresence()
     })
+    const wait = this.#options.waitForBroker
+    if (wait > 0 && broker.health === 'degraded') {
+      let timer: NodeJS.Timeout | undefined
+      const late = new Promise<never>((_resolve, reject) => {
+        timer = setTimeout(() => reject(new errors.FST_SOCKET_BROKER_UNAVAILABLE(`not ready after ${wait} ms (waitForBroker)`)), wait)
+      })
+      try {
+        // A broker without whenReady cannot say when it is ready: the wait runs out.
+        await Promise.race([broker.whenReady?.() ?? late, late])
+      } catch (err) {
+        // The app does not start, so its onClose hooks never run: nothing of the broker's may stay open.
+        await broker.close()
+        throw err instanceof errors.FST_SOCKET_BROKER_UNAVAILABLE ? err : new errors.FST_SOCKET_BROKER_UNAVAILABLE((err as Error).message, { cause: err })
+      } finally {
+        clearTimeout(timer)
+      }
+    }
     this.#heartbeat.start()
   }
 
@@ -152,13 +188,15 @@ export class SocketService {
     return {
       websocket: true,
       async preValidation (request, reply) {
+        // A node that is going away sends its clients elsewhere soon: they may try again in a second. (Checked
+        // first: once closing, @fastify/websocket no longer upgrades, and `request.ws` is false.)
+        if (service.#closing) throw withRetryAfter(new errors.FST_SOCKET_SHUTTING_DOWN(), 1000)
         if (!request.ws) throw new errors.FST_SOCKET_UPGRADE_REQUIRED()
-        if (service.#closing) throw new errors.FST_SOCKET_SHUTTING_DOWN()
         checkOrigin(request, service.#options.origins)
         // Before authenticate: this refusal needs no token, and verifying one may cost a JWKS fetch.
-        if (!service.#perIp.allows(request.ip)) throw new errors.FST_SOCKET_TOO_MANY_CONNECTIONS('IP address')
+        service.#admit(request.ip, 'IP address', service.#perIp, service.#ratePerIp)
         const { profile, payload } = await service.#auth.authenticate(request, required)
-        if (!service.#perUser.allows(profile?.id ?? null)) throw new errors.FST_SOCKET_TOO_MANY_CONNECTIONS('user')
+        service.#admit(profile?.id ?? null, 'user', service.#perUser, service.#ratePerUser)
         const ps = new PageState(name, request, profile, payload, options.onBinary)
         // On a route whose auth is required, authenticate has refused every request without a profile.
         await runAct(ps, () => (handler as ActHandler<Profile | null>)(this, ps))
@@ -437,7 +475,21 @@ export class SocketService {
     this.#heartbeat.stop()
     this.#expiries.clear()
     await Promise.all(this.#closePaths)
+    // The other nodes' members hear this node's users leave: what is gathered goes out before the broker closes.
+    this.#presence.flush()
+    this.#presence.stop()
     await this.#options.broker.close()
+  }
+
+  /**
+   * The connection limits of one IP address or user, before the upgrade: its open connections (429, try again in
+   * a few seconds: when one closes is anyone's guess) and its new connections a second (429, when the next is
+   * allowed). Every attempt counts against the rate, refused or not, so a loop of refused attempts stays refused.
+   */
+  #admit (key: string | null, what: 'IP address' | 'user', open: ConnectionCounter, rate: RateByKey): void {
+    const wait = rate.take(key, Date.now())
+    if (wait > 0) throw withRetryAfter(new errors.FST_SOCKET_CONNECTION_RATE_LIMITED(what), wait)
+    if (!open.allows(key)) throw withRetryAfter(new errors.FST_SOCKET_TOO_MANY_CONNECTIONS(what), FULL_RETRY_AFTER)
   }
 
   #accept (socket: WebSocket, plan: UpgradePlan, stream: Duplex | null): void {
@@ -466,6 +518,7 @@ export class SocketService {
     ;(socket as TaggedSocket)[kConnection] = conn
     socket.on('message', this.#onMessage)
     socket.on('pong', this.#onPong)
+    socket.on('ping', this.#onPing)
     socket.on('close', this.#onClose)
     this.#connections.set(id, conn)
     this.#armExpiry(conn, plan.payload?.exp)
@@ -499,6 +552,10 @@ export class SocketService {
     connectionOf(this).awaitingPong = false
   }
 
+  readonly #onPing = function (this: TaggedSocket): void {
+    connectionOf(this).pinged()
+  }
+
   readonly #onClose = ((service: SocketService) => function (this: TaggedSocket, code: number): void {
     const closed = service.#closed(connectionOf(this), code)
     service.#closePaths.add(closed)
@@ -507,9 +564,18 @@ export class SocketService {
 
   /** Replaces @fastify/websocket's default error listener (log, terminate) without keeping the request alive. */
   readonly #onError = ((service: SocketService) => function (this: TaggedSocket, err: Error): void {
-    // A socket refused in #accept has no connection.
-    const log = this[kConnection]?.log ?? service.#app.log
-    log.error({ err }, 'socket error')
+    // A socket refused in #accept has no connection. ws's own WS_ERR_* errors are the peer breaking the protocol
+    // (too big, bad UTF-8, too many fragments): ws has closed it with the matching code, and one line per such
+    // client at error level would let any client write the log full.
+    const conn = this[kConnection]
+    const code = (err as { code?: unknown }).code
+    if (typeof code === 'string' && code.startsWith('WS_ERR_')) {
+      const fields = { code, message: err.message }
+      if (conn !== undefined) conn.debug(fields, 'socket closed: the client broke the protocol')
+      else service.#app.log.debug(fields, 'socket closed: the client broke the protocol')
+    } else {
+      (conn?.log ?? service.#app.log).error({ err }, 'socket error')
+    }
     this.terminate()
   })(this)
 
@@ -638,8 +704,9 @@ export class SocketService {
 
   /**
    * Records the user's connection count in the channel with the broker (presence on every node) and, when that
-   * made the user present somewhere for the first time or absent everywhere, tells the channel's other members.
-   * Without a cluster view, or while the broker is unreachable, this node's members decide. Never rejects.
+   * made the user present somewhere for the first time or absent everywhere, hands the change to the announcer
+   * (lib/presence.ts), which tells the channel's members in its next round. Without a cluster view, or while the
+   * broker is unreachable, this node's members decide. Never rejects.
    */
   async #announce (conn: Connection, change: MembershipChange, cmd: 'user-joined' | 'user-left'): Promise<void> {
     const user = conn.profileId
@@ -647,16 +714,36 @@ export class SocketService {
     const { name, users } = change.channel
     const broker = this.#options.broker
     let cluster: PresenceChange = change.userFirstOrLast ? (cmd === 'user-joined' ? 'joined' : 'left') : null
+    let present: number | null = null
     if (broker.setPresence !== undefined) {
       try {
         // The count is read now, before any await, so concurrent changes are recorded in the order they happened.
-        cluster = await broker.setPresence(name, user, users.get(user) ?? 0)
+        const update = await broker.setPresence(name, user, users.get(user) ?? 0)
+        if (update !== null && typeof update === 'object') ({ change: cluster, users: present } = update)
+        else cluster = update
       } catch (err) {
         conn.log.warn({ err, channel: name }, 'presence not recorded with the broker: this node decides')
       }
     }
-    if (!this.#options.presence || cluster === null) return
-    this.broadcast(name, { cmd: cluster === 'joined' ? 'user-joined' : 'user-left', param: { user, connectionId: conn.id } }, { except: conn.id })
+    if (cluster === null) return
+    // The cap counts every node's users where the broker knows them, else this node's.
+    this.#presence.change(name, { user, connectionId: conn.id }, cluster, present ?? this.#channels.get(name)?.users.size ?? 0)
+  }
+
+  /** A node's users, gone with it or back: each channel of this node hears about them in one round. */
+  #nodePresence (node: string, joined: Departure[], left: Departure[]): void {
+    const byChannel = new Map<string, { joins: PresenceMember[], leaves: PresenceMember[] }>()
+    for (const [list, key] of [[joined, 'joins'], [left, 'leaves']] as const) {
+      for (const { channel, user } of list) {
+        let entry = byChannel.get(channel)
+        if (entry === undefined) byChannel.set(channel, (entry = { joins: [], leaves: [] }))
+        entry[key].push({ user, node })
+      }
+    }
+    for (const [channel, { joins, leaves }] of byChannel) {
+      const local = this.#channels.get(channel)
+      if (local !== undefined) this.#presence.nodeChange(channel, joins, leaves, local.users.size)
+    }
   }
 
   /** This node's counts. */
@@ -738,10 +825,7 @@ export class SocketService {
         this.#closeUser(message.user, message.code, message.reason)
         return
       case 'node-presence':
-        if (!this.#options.presence) return
-        for (const [cmd, list] of [['user-joined', message.joined], ['user-left', message.left]] as const) {
-          for (const { channel, user } of list) this.#deliver(channel, { channel, cmd, param: { user, node: message.node } }, undefined)
-        }
+        this.#nodePresence(message.node, message.joined, message.left)
     }
   }
 }

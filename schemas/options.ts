@@ -12,6 +12,20 @@ const Algorithm = Type.Union([
 ])
 
 /**
+ * How presence changes are announced to a channel's members (`announce`, a function of the channel, is checked in
+ * lib/options.ts). Changes are gathered per channel for `interval` ms and sent together; a join and a leave of the
+ * same user inside one interval cancel out. Above `maxUsers` users in a channel nothing is announced.
+ */
+export const PresenceSchema = Type.Object({
+  /** `events`: one `user-joined` / `user-left` per user; `diff`: one `presence-diff` per interval; `none`. */
+  announce: Type.Union([Type.Literal('events'), Type.Literal('diff'), Type.Literal('none')], { default: 'events' }),
+  /** ms over which a channel's changes are gathered; 0 sends each at once (no coalescing). */
+  interval: Type.Integer({ minimum: 0, maximum: 60000, default: 100 }),
+  /** Users in a channel (on every node) above which its changes are not announced; 0 = no cap. */
+  maxUsers: Type.Integer({ minimum: 0, default: 1000 })
+}, { additionalProperties: false, default: {} })
+
+/**
  * The plugin's options, with every default declared once. Functions (`auth.profile`, `authorizeChannel`), the
  * `broker` (`'memory'` or an instance) and `jwt` (keys, Buffers and functions, passed on to @fastify/jwt) are
  * checked beside this schema, in lib/options.ts and lib/jwt.ts.
@@ -30,6 +44,12 @@ export const OptionsSchema = Type.Object({
     namespace: Type.Optional(Type.String({ minLength: 1 }))
   }, { additionalProperties: false, default: {} }),
   maxPayload: Type.Integer({ minimum: 128, maximum: 104857600, default: 65536 }),
+  /**
+   * Frames one message may come in (ws's `maxFragments`): ws keeps each fragment of an unfinished message as a Buffer
+   * of its own (about 100 bytes of heap each, whatever its size), so without a low cap a client could hold 16,384
+   * one-byte fragments (1.8 MiB) for 112 KB sent. One more closes the connection with 1008.
+   */
+  maxFragments: Type.Integer({ minimum: 1, default: 128 }),
   heartbeat: Type.Object({
     interval: Type.Integer({ minimum: 10, default: 25000 }),
     timeout: Type.Integer({ minimum: 10, default: 10000 })
@@ -45,13 +65,33 @@ export const OptionsSchema = Type.Object({
     window: Type.Integer({ minimum: 10, default: 10000 })
   }, { additionalProperties: false, default: {} }),
   connectionLimits: Type.Object({
+    /** Open connections per client IP; 0 = no limit. */
     perIp: Type.Integer({ minimum: 0, default: 0 }),
-    perUser: Type.Integer({ minimum: 0, default: 0 })
+    /** Open connections per user (profile id); 0 = no limit. */
+    perUser: Type.Integer({ minimum: 0, default: 0 }),
+    /** New connections a second per client IP (every upgrade attempt counts, before its token is checked); 0 = off. */
+    ratePerIp: Type.Number({ minimum: 0, default: 0 }),
+    /** New connections a second per user, counted once the token is verified; 0 = off. */
+    ratePerUser: Type.Number({ minimum: 0, default: 0 }),
+    /** Connections an IP or a user may open at once before their rate applies. */
+    burst: Type.Integer({ minimum: 1, default: 20 })
+  }, { additionalProperties: false, default: {} }),
+  /**
+   * `subscribe` and `unsubscribe` per connection: a token bucket of its own, beside `rateLimit` (each may make
+   * presence traffic for every member of the channel). The burst lets a reconnecting client subscribe again to
+   * `maxChannelsPerConnection` channels at once.
+   */
+  subscribeRate: Type.Object({
+    perSecond: Type.Number({ minimum: 0.01, default: 10 }),
+    burst: Type.Integer({ minimum: 1, default: 128 })
   }, { additionalProperties: false, default: {} }),
   maxDepth: Type.Integer({ minimum: 1, maximum: 256, default: 32 }),
   origins: Type.Optional(Type.Array(Type.String({ minLength: 1 }), { minItems: 1 })),
   shutdownTimeout: Type.Integer({ minimum: 0, default: 5000 }),
-  presence: Type.Boolean({ default: true })
+  /** ms the start waits for a broker that is not ready (Redis down) before it refuses; 0: start degraded. */
+  waitForBroker: Type.Integer({ minimum: 0, maximum: 2147483647, default: 0 }),
+  /** `true` (the defaults below), `false` (no announcements), or the settings; see PresenceSchema. */
+  presence: Type.Union([Type.Boolean(), PresenceSchema], { default: true })
 }, { additionalProperties: false })
 
 export type OptionsData = Static<typeof OptionsSchema>

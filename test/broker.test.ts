@@ -157,11 +157,11 @@ t.test('memory broker: two apps on one hub', async (t) => {
     t.equal(hub.nodes.size, 0)
     const seen: BrokerMessage[] = []
     broker.start({ nodeId: 'n1', deliver: (m) => seen.push(m), log: console, counts: () => ({ connections: 0, channels: 0, messagesIn: 0, messagesOut: 0 }), presence: () => [] })
-    t.equal(broker.setPresence('x', 'ann', 1), 'joined')
+    t.same(broker.setPresence('x', 'ann', 1), { change: 'joined', users: 1 })
     broker.close()
     t.same(hub.presence.size, 0, 'a node that closes takes its presence with it')
     broker.subscribe('x')
-    t.equal(broker.setPresence('x', 'ann', 1), null, 'after close, presence is not recorded')
+    t.same(broker.setPresence('x', 'ann', 1), { change: null, users: 0 }, 'after close, presence is not recorded')
     broker.close()
     t.equal(hub.nodes.size, 0, 'closing twice is harmless')
     t.same(seen, [])

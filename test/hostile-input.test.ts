@@ -357,7 +357,8 @@ t.test(`random nesting: deeper than maxDepth (${MAX_DEPTH}) is FST_SOCKET_BAD_RE
 t.test('a command handler that throws or rejects answers that client alone', async (t) => {
   const sink = new LogSink()
   const app = Fastify({ logger: { level: 'error', stream: sink.stream } })
-  await app.register(forgeSocket, { jwt: { secret: SECRET } })
+  // Presence at once: gathered, ann's join would reach bob too, who connected within the same round.
+  await app.register(forgeSocket, { jwt: { secret: SECRET }, presence: { interval: 0 } })
   route(app)
   const secret = 'internal detail: db password hunter2'
   app.socket.command('throws', { handler: () => { throw new Error(secret) } })

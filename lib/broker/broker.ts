@@ -32,6 +32,12 @@ export interface PresenceEntry {
 /** What a presence change did cluster-wide: the user's first connection anywhere, their last, or neither. */
 export type PresenceChange = 'joined' | 'left' | null
 
+/** What a presence change did, and how many users the channel has on every node after it (for the announcement cap). */
+export interface PresenceUpdate {
+  change: PresenceChange
+  users: number
+}
+
 /** A node's counts. */
 export interface NodeCounts {
   connections: number
@@ -71,7 +77,11 @@ export interface BrokerHost {
  * await broker.start({ nodeId: 'node-a', deliver: (msg) => console.log(msg.type), log: console, counts, presence })
  */
 export interface Broker {
-  /** Starts delivering other nodes' messages to `host.deliver`. Called once, at register time. */
+  /**
+   * Starts delivering other nodes' messages to `host.deliver`. Called once, at register time. An outage of what the
+   * broker connects through (Redis down) is no failure: the broker starts degraded (`health`), says so in
+   * `host.log`, and joins the other nodes when it can.
+   */
   start (host: BrokerHost): Promise<void> | void
   /** Sends a message to the other nodes. */
   publish (message: BrokerMessage): Promise<void> | void
@@ -79,15 +89,30 @@ export interface Broker {
   subscribe (channel: string): Promise<void> | void
   /** This node's last local member left `channel`. */
   unsubscribe (channel: string): Promise<void> | void
-  /** Stops delivering and releases what the broker created. Called from the app's `onClose`. */
+  /**
+   * Stops delivering and releases what the broker created. Called from the app's `onClose`, or when the start gave
+   * up waiting for the broker (`waitForBroker`).
+   */
   close (): Promise<void> | void
   /** `degraded` while the broker cannot reach the other nodes (local delivery goes on). Absent means always `ok`. */
   readonly health?: BrokerHealth
   /**
-   * Records that `user` has `connections` connections in `channel` on this node (0: none), and says whether that
-   * made them present in the channel for the first time on any node (`joined`) or absent from every node (`left`).
+   * Resolves once the broker reaches the other nodes: its subscriptions are in place and this node is known to
+   * them. What the plugin's `waitForBroker` waits on when the broker started degraded; rejects once the broker is
+   * closed. A broker whose `health` may be `degraded` at start should have it: without it, `waitForBroker` has
+   * nothing to wait on, and refuses a degraded start when its time is up.
+   *
+   * @example
+   * await broker.whenReady()   // cross-node delivery and presence work from here
    */
-  setPresence? (channel: string, user: string, connections: number): Promise<PresenceChange> | PresenceChange
+  whenReady? (): Promise<void>
+  /**
+   * Records that `user` has `connections` connections in `channel` on this node (0: none), and says whether that
+   * made them present in the channel for the first time on any node (`joined`) or absent from every node (`left`),
+   * with the channel's users on every node (`{ change, users }`). A broker that answers with the change alone (the
+   * form before `users`) still works: the announcement cap then counts this node's users.
+   */
+  setPresence? (channel: string, user: string, connections: number): Promise<PresenceUpdate | PresenceChange> | PresenceUpdate | PresenceChange
   /** The users in `channel` on every live node. */
   presence? (channel: string): Promise<PresenceEntry[]> | PresenceEntry[]
   /** Every live node's last report (this node's own counts are current). */

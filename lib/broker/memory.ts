@@ -1,4 +1,4 @@
-import type { Broker, BrokerHost, BrokerMessage, NodeReport, PresenceChange, PresenceEntry } from './broker.js'
+import type { Broker, BrokerHost, BrokerMessage, NodeReport, PresenceEntry, PresenceUpdate } from './broker.js'
 
 interface Node {
   deliver: (message: BrokerMessage) => void
@@ -55,9 +55,9 @@ export class MemoryBroker implements Broker {
     this.#self()?.channels.delete(channel)
   }
 
-  setPresence (channel: string, user: string, connections: number): PresenceChange {
+  setPresence (channel: string, user: string, connections: number): PresenceUpdate {
     const self = this.#nodeId
-    if (self === null) return null
+    if (self === null) return { change: null, users: this.#hub.presence.get(channel)?.size ?? 0 }
     const users = this.#hub.presence.get(channel) ?? new Map<string, Map<string, number>>()
     const nodes = users.get(user) ?? new Map<string, number>()
     const before = nodes.size > 0
@@ -69,7 +69,7 @@ export class MemoryBroker implements Broker {
     else users.delete(user)
     if (users.size > 0) this.#hub.presence.set(channel, users)
     else this.#hub.presence.delete(channel)
-    return before === after ? null : after ? 'joined' : 'left'
+    return { change: before === after ? null : after ? 'joined' : 'left', users: users.size }
   }
 
   presence (channel: string): PresenceEntry[] {

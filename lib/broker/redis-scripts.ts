@@ -5,19 +5,21 @@
 
 /**
  * KEYS: node-presence:<node>, presence:<channel>. ARGV: "<channel> <user>", user, connections.
- * Returns 1 when the user is now in the channel on some node and was on none, -1 for the reverse, else 0.
+ * Returns [1 when the user is now in the channel on some node and was on none, -1 for the reverse, else 0; the
+ * users in the channel on every node now].
  */
 export const SET_PRESENCE = `
 local old = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '0')
 local new = tonumber(ARGV[3])
-if new == old then return 0 end
+if new == old then return {0, redis.call('HLEN', KEYS[2])} end
 if new > 0 then redis.call('HSET', KEYS[1], ARGV[1], new) else redis.call('HDEL', KEYS[1], ARGV[1]) end
 local after = redis.call('HINCRBY', KEYS[2], ARGV[2], new - old)
 local before = after - (new - old)
 if after <= 0 then redis.call('HDEL', KEYS[2], ARGV[2]) end
-if before <= 0 and after > 0 then return 1 end
-if before > 0 and after <= 0 then return -1 end
-return 0
+local users = redis.call('HLEN', KEYS[2])
+if before <= 0 and after > 0 then return {1, users} end
+if before > 0 and after <= 0 then return {-1, users} end
+return {0, users}
 `
 
 /**

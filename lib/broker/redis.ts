@@ -1,6 +1,5 @@
-import { once } from 'node:events'
 import { errors } from '../errors.js'
-import type { Broker, BrokerHealth, BrokerHost, BrokerMessage, Departure, NodeReport, PresenceChange, PresenceEntry } from './broker.js'
+import type { Broker, BrokerHealth, BrokerHost, BrokerMessage, Departure, NodeReport, PresenceEntry, PresenceUpdate } from './broker.js'
 import { HEARTBEAT, REAP, SET_PRESENCE } from './redis-scripts.js'
 import { openClients, type RedisClient, type RedisConnectionOptions } from './redis-client.js'
 
@@ -30,7 +29,7 @@ const REAPED_MEMORY = 24 * 60 * 60 * 1000
 
 /** The pub connection with the broker's Lua scripts defined on it. */
 interface ScriptedRedis extends RedisClient {
-  forgeSetPresence: (held: string, present: string, field: string, user: string, connections: number) => Promise<number>
+  forgeSetPresence: (held: string, present: string, field: string, user: string, connections: number) => Promise<[number, number]>
   forgeHeartbeat: (nodeKey: string, nodes: string, reaped: string, id: string, report: string, ttl: number) => Promise<[number, number]>
   forgeReap: (nodes: string, prefix: string, remember: number) => Promise<string[]>
 }
@@ -46,7 +45,8 @@ interface ScriptedRedis extends RedisClient {
  * frozen) writes its presence again.
  *
  * Publishing never queues: while Redis is unreachable a publish fails at once with FST_SOCKET_BROKER_UNAVAILABLE,
- * and a frozen Redis fails it after `commandTimeout`. Subscriptions come back by themselves when Redis does.
+ * and a frozen Redis fails it after `commandTimeout`. Subscriptions come back by themselves when Redis does. A node
+ * that starts while Redis is down starts degraded, and joins the others when Redis answers.
  *
  * @example
  * await app.register(forgeSocket, { jwt, broker: new RedisBroker({ redis: 'redis://127.0.0.1:6379' }) })
@@ -62,6 +62,19 @@ export class RedisBroker implements Broker {
   #ticking: Promise<void> | null = null
   /** A presence change failed: Redis may hold an old count until the next report writes them all again. */
   #stale = false
+  /** This node has reported itself once: until then, the others have never been told of its users. */
+  #reported = false
+  /**
+   * An outage is under way and was logged: ioredis fails again on every retry, and that is said once. True until
+   * the start has connected (a start without Redis logs one warning of its own).
+   */
+  #away = true
+  /** The last trouble ioredis reported, logged or not: what the start's warning names. */
+  #trouble: Error | null = null
+  /** Aborted by close(): whoever waits for readiness stops waiting. */
+  readonly #closed = new AbortController()
+  /** The control channel's subscription, sent once (ioredis subscribes it again after an outage). */
+  #controlSubscribed: Promise<unknown> | null = null
 
   constructor (options: RedisBrokerOptions) {
     this.#nodeTtl = options.nodeTtl ?? 10_000
@@ -73,8 +86,11 @@ export class RedisBroker implements Broker {
     // made during an outage is sent when Redis is back (and ioredis re-subscribes the rest by itself). A client of
     // the user's is only duplicated: its own settings (an offline queue, say) must not change how the broker fails.
     // ioredis's keyPrefix is off (it is in #prefix): the scripts compute keys, which ioredis would not prefix.
-    const pubOptions = { lazyConnect: true, enableOfflineQueue: false, commandTimeout, maxRetriesPerRequest: 1, keyPrefix: '' }
-    const subOptions = { lazyConnect: true, commandTimeout, maxRetriesPerRequest: null, keyPrefix: '' }
+    // disconnectTimeout: a client closed while ioredis waits to retry is left with a timer that long (2 s by
+    // default), which would hold up the exit of a process that gave up on Redis.
+    const common = { lazyConnect: true, commandTimeout, keyPrefix: '', disconnectTimeout: 0 }
+    const pubOptions = { ...common, enableOfflineQueue: false, maxRetriesPerRequest: 1 }
+    const subOptions = { ...common, maxRetriesPerRequest: null }
     const { pub, sub, keyPrefix } = openClients(options.redis, pubOptions, subOptions)
     this.#pub = pub as ScriptedRedis
     this.#sub = sub
@@ -97,27 +113,47 @@ export class RedisBroker implements Broker {
   /**
    * Resolves once both connections are ready, the subscriber's queued subscriptions are in place (a PING answered
    * on the subscriber comes after every SUBSCRIBE sent before it) and this node has reported itself: from then on,
-   * cross-node delivery and presence work.
+   * cross-node delivery and presence work. However long Redis takes; rejects with FST_SOCKET_BROKER_UNAVAILABLE when
+   * the broker is closed first.
    *
    * @example
    * await broker.whenReady()   // after an outage
    */
   async whenReady (): Promise<void> {
-    await Promise.all([this.#pub, this.#sub].map(async (client) => {
-      if (client.status !== 'ready') await once(client, 'ready')
-    }))
+    await Promise.all([this.#pub, this.#sub].map((client) => ready(client, this.#closed.signal)))
+    // Ahead of the PING, if the subscriber's 'ready' (after a start without Redis) has not been handled yet.
+    void this.#subscribeControl()
     await this.#sub.ping()
     // A report begun while Redis was away may have failed: make one that starts now.
     await this.#ticking
     await this.#tick()
   }
 
+  /**
+   * Connects, subscribes the control channel and reports this node. When Redis does not answer the first attempt
+   * (a node restarted during an outage), ioredis's connect() fails but ioredis goes on trying by its retryStrategy:
+   * the start resolves all the same, degraded, with one warning. The subscriber's first 'ready' then subscribes the
+   * control channel, and the publisher's reports this node and writes its presence (#tick).
+   */
   async start (host: BrokerHost): Promise<void> {
     this.#host = host
-    await Promise.all([this.#pub, this.#sub].map(async (client) => { if (client.status === 'wait') await client.connect() }))
-    await this.#sub.subscribe(this.#control)
-    await this.#tick()
+    await Promise.all([this.#pub, this.#sub].map(async (client) => {
+      // A failed attempt was told to the 'error' listener already (connect() only says "Connection is closed.").
+      if (client.status === 'wait') await client.connect().catch(() => {})
+    }))
     this.#timer = setInterval(() => { void this.#tick() }, Math.max(1, Math.floor(this.#nodeTtl / 3))).unref()
+    if (this.health === 'ok') {
+      this.#away = false
+      await this.#subscribeControl()
+      await this.#tick()
+      return
+    }
+    // Not queued while Redis is away: a queued command would keep its timeout running after a close.
+    if (this.#sub.status === 'ready') void this.#subscribeControl()
+    else this.#sub.once('ready', this.#subscribeControl)
+    const cause = this.#trouble === null ? '' : ` (${this.#trouble.message})`
+    host.log.warn({ err: new errors.FST_SOCKET_BROKER_UNAVAILABLE(`Redis is not ready at start${cause}`) },
+      'redis broker: local delivery only until Redis answers')
   }
 
   async publish (message: BrokerMessage): Promise<void> {
@@ -144,12 +180,12 @@ export class RedisBroker implements Broker {
     await this.#sub.unsubscribe(this.#key(`ch:${channel}`))
   }
 
-  async setPresence (channel: string, user: string, connections: number): Promise<PresenceChange> {
+  async setPresence (channel: string, user: string, connections: number): Promise<PresenceUpdate> {
     const node = this.#host?.nodeId ?? ''
     try {
-      const change = await this.#command(() => this.#pub.forgeSetPresence(
+      const [change, users] = await this.#command(() => this.#pub.forgeSetPresence(
         this.#key(`node-presence:${node}`), this.#key(`presence:${channel}`), `${channel} ${user}`, user, connections))
-      return change === 1 ? 'joined' : change === -1 ? 'left' : null
+      return { change: change === 1 ? 'joined' : change === -1 ? 'left' : null, users }
     } catch (err) {
       this.#stale = true
       throw err
@@ -172,6 +208,7 @@ export class RedisBroker implements Broker {
   }
 
   async close (): Promise<void> {
+    this.#closed.abort()
     if (this.#timer !== null) clearInterval(this.#timer)
     this.#timer = null
     await this.#ticking
@@ -183,6 +220,7 @@ export class RedisBroker implements Broker {
     }
     this.#host = null
     this.#sub.off('message', this.#receive)
+    this.#sub.off('ready', this.#subscribeControl)
     await Promise.all([this.#pub, this.#sub].map(async (client) => {
       client.off('error', this.#reportError)
       // quit() waits for Redis; a client that is not connected is just disconnected.
@@ -190,6 +228,10 @@ export class RedisBroker implements Broker {
       else client.disconnect()
     }))
   }
+
+  /** Subscribes, once, the channel every node hears: messages for a connection or a user, wherever they are. */
+  readonly #subscribeControl = (): Promise<unknown> =>
+    (this.#controlSubscribed ??= this.#sub.subscribe(this.#control).catch(this.#reportError))
 
   /** A prefixed key or channel name. */
   #key (name: string): string {
@@ -206,9 +248,14 @@ export class RedisBroker implements Broker {
     }
   }
 
-  /** Reports this node, then removes nodes whose reports expired. One at a time; failures are logged. */
+  /**
+   * Reports this node, then removes nodes whose reports expired. One at a time; failures are logged (once an
+   * outage: a report that gets through with both connections up ends it).
+   */
   #tick (): Promise<void> {
-    this.#ticking ??= this.#report().then(() => this.#reap()).catch(this.#reportError).finally(() => { this.#ticking = null })
+    this.#ticking ??= this.#report().then(() => this.#reap())
+      .then(() => { if (this.health === 'ok') this.#away = false }, this.#reportError)
+      .finally(() => { this.#ticking = null })
     return this.#ticking
   }
 
@@ -218,11 +265,13 @@ export class RedisBroker implements Broker {
     const report: NodeReport = { node: host.nodeId, ...host.counts(), at: Date.now() }
     const [added, reaped] = await this.#command(() => this.#pub.forgeHeartbeat(
       this.#key(`node:${host.nodeId}`), this.#key('nodes'), this.#key(`reaped:${host.nodeId}`), host.nodeId, JSON.stringify(report), this.#nodeTtl))
+    const first = !this.#reported
+    this.#reported = true
     const stale = this.#stale
     if (added === 0 && !stale) return
     this.#stale = false
     try {
-      await this.#rewritePresence(host, reaped === 1 || (stale && added === 0))
+      await this.#rewritePresence(host, reaped === 1 || (stale && added === 0) || first)
     } catch (err) {
       this.#stale = true
       throw err
@@ -233,8 +282,8 @@ export class RedisBroker implements Broker {
    * Makes this node's presence in Redis match its members again: after Redis lost it, after this node was removed
    * as dead, or after a presence change failed (`#stale`). The changes are announced to the other nodes (not to
    * this node's own members, who saw them happen) when they had been told otherwise: this node's users were
-   * reported gone, or changes made during an outage never reached them. After Redis merely lost its data, every
-   * user would look new, and nothing is announced.
+   * reported gone, changes made during an outage never reached them, or the node started while Redis was away
+   * (its first report). After Redis merely lost its data, every user would look new, and nothing is announced.
    */
   async #rewritePresence (host: BrokerHost, announce: boolean): Promise<void> {
     const heldKey = this.#key(`node-presence:${host.nodeId}`)
@@ -247,7 +296,7 @@ export class RedisBroker implements Broker {
       const space = field.indexOf(' ')
       entries.push([field.slice(0, space), field.slice(space + 1), 0])
     }
-    const changes = await Promise.all(entries.map(([channel, user, connections]) => this.setPresence(channel, user, connections)))
+    const changes = await Promise.all(entries.map(async ([channel, user, connections]) => (await this.setPresence(channel, user, connections)).change))
     const joined: Departure[] = []
     const left: Departure[] = []
     changes.forEach((change, i) => {
@@ -286,8 +335,32 @@ export class RedisBroker implements Broker {
     this.#host?.deliver(message)
   }
 
-  // ioredis reconnects by itself; every attempt that fails says so here.
+  // ioredis reconnects by itself, and every attempt that fails says so here: logged once an outage.
   readonly #reportError = (err: Error): void => {
+    this.#trouble = err
+    if (this.#away) return
+    this.#away = true
     this.#host?.log.warn({ err: { message: err.message, code: (err as { code?: string }).code } }, 'redis broker: connection trouble')
   }
+}
+
+/**
+ * Resolves once `client` is ready, however many attempts ioredis needs (their errors are no failure here, unlike
+ * with `events.once`); rejects if `signal` aborts first.
+ */
+function ready (client: RedisClient, signal: AbortSignal): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const done = (): void => {
+      signal.removeEventListener('abort', abort)
+      resolve()
+    }
+    const abort = (): void => {
+      client.off('ready', done)
+      reject(new errors.FST_SOCKET_BROKER_UNAVAILABLE('the broker was closed'))
+    }
+    if (signal.aborted) return abort()
+    if (client.status === 'ready') return resolve()
+    client.once('ready', done)
+    signal.addEventListener('abort', abort, { once: true })
+  })
 }

@@ -1,3 +1,10 @@
+/** Who joined or left: their connection, or (when their node died or came back) their node. */
+export interface PresenceMember {
+  user: string
+  connectionId?: string
+  node?: string
+}
+
 /** A message as it travels: `Message<P>` for a known param type. */
 export interface Message<P = unknown, C extends string = string> {
   readonly channel: string
@@ -26,6 +33,8 @@ export interface ServerCommands {
   'error': { code: string, message: string }
   'user-joined': { user: string, connectionId: string }
   'user-left': { user: string, connectionId: string }
+  /** Presence in channels whose mode is `diff`: every join and leave of one interval. */
+  'presence-diff': { joins: PresenceMember[], leaves: PresenceMember[] }
   'pong': null
 }
 

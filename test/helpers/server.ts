@@ -18,7 +18,9 @@ export function sign (claims: Record<string, unknown>, options: { key?: string, 
 /** A Fastify app with forge-socket registered, not yet listening. */
 export async function build (options: ForgeSocketOptions = {}, setup?: (app: FastifyInstance) => void | Promise<void>): Promise<FastifyInstance> {
   const app = Fastify({ logger: false })
-  await app.register(forgeSocket, { jwt: { secret: SECRET }, ...options })
+  // Presence at once (no gathering): tests of who is announced wait for each event in turn. Gathering, the cap
+  // and the modes are tested with the default interval in test/presence.test.ts.
+  await app.register(forgeSocket, { jwt: { secret: SECRET }, presence: { interval: 0 }, ...options })
   await setup?.(app)
   return app
 }
@@ -88,7 +90,7 @@ export async function connect (url: string, token?: string, options: WebSocket.C
 }
 
 /** Attempts an upgrade that should be refused; resolves with the HTTP status and the JSON body. */
-export function refused (url: string, options: WebSocket.ClientOptions & { protocols?: string[] } = {}): Promise<{ status: number, body: { code?: string, message?: string, statusCode?: number } }> {
+export function refused (url: string, options: WebSocket.ClientOptions & { protocols?: string[] } = {}): Promise<{ status: number, body: { code?: string, message?: string, statusCode?: number }, headers: Record<string, string | string[] | undefined> }> {
   return new Promise((resolve, reject) => {
     const { protocols, ...rest } = options
     const ws = new WebSocket(url, protocols, rest)
@@ -99,7 +101,7 @@ export function refused (url: string, options: WebSocket.ClientOptions & { proto
       res.on('data', (chunk: Buffer) => { body += chunk.toString() })
       res.on('end', () => {
         ws.terminate()
-        resolve({ status: res.statusCode ?? 0, body: body.length > 0 ? JSON.parse(body) : {} })
+        resolve({ status: res.statusCode ?? 0, body: body.length > 0 ? JSON.parse(body) : {}, headers: res.headers })
       })
     })
   })
