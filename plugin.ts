@@ -3,12 +3,14 @@
 /// <reference types="@fastify/websocket" preserve="true" />
 /// <reference types="@fastify/jwt" preserve="true" />
 import fp from 'fastify-plugin'
-import fastifyWebsocket from '@fastify/websocket'
+import fastifyWebsocket, { type WebsocketPluginOptions } from '@fastify/websocket'
 import type { FastifyInstance } from 'fastify'
 import { resolveOptions, type ForgeSocketOptions } from './lib/options.js'
 import { SocketService } from './lib/service.js'
 import { Authenticator, selectProtocol, stripQueryToken } from './lib/auth.js'
 import { registerJwt } from './lib/jwt.js'
+import { pendingPongsAllowed } from './lib/connection.js'
+import { bufferedChunksAllowed } from './lib/frame.js'
 import { errors } from './lib/errors.js'
 
 declare module 'fastify' {
@@ -21,6 +23,24 @@ declare module 'fastify' {
 /** Marks, in a route's config, a route that does not take WebSocket upgrades. */
 const kPlainRoute = Symbol('forge-socket.plain-route')
 type PlainRouteConfig = { [kPlainRoute]?: true }
+
+/** ws's options as forge-socket sets them: `maxPendingAutoPongs` (ws 8.21) is not in @types/ws yet. */
+type WebSocketServerOptions = NonNullable<WebsocketPluginOptions['options']> & { maxPendingAutoPongs?: number }
+
+type ChildLoggerFactory = FastifyInstance['childLoggerFactory']
+
+/**
+ * The child logger factory of a WebSocket route: `token` leaves the request's URL first. Fastify makes the request's
+ * logger once the request is routed (so the route still gets the query it came with) and before it logs the
+ * request line, which is what this is for: a plain HTTP request to a WebSocket route (refused with 426), which no
+ * `upgrade` listener saw.
+ */
+function withoutQueryToken (factory: ChildLoggerFactory): ChildLoggerFactory {
+  return function (logger, bindings, options, raw) {
+    stripQueryToken(raw)
+    return factory.call(this, logger, bindings, options, raw)
+  }
+}
 
 /**
  * Real-time, channel-based messaging over WebSockets, with JWT-protected channels.
@@ -38,27 +58,44 @@ async function forgeSocket (app: FastifyInstance, input: ForgeSocketOptions): Pr
   if (options.auth.cookie !== false && !app.hasRequestDecorator('cookies')) {
     throw new errors.FST_SOCKET_INVALID_OPTIONS('/auth/cookie needs @fastify/cookie registered before forge-socket')
   }
-  // Runs before @fastify/websocket's listener, so the token is gone from the URL before Fastify routes or logs it.
-  if (options.auth.query) app.server.prependListener('upgrade', stripQueryToken)
+  // `?token=` on an upgrade is forge-socket's, whatever auth.query says: this runs before @fastify/websocket's
+  // listener, so the token is gone from the URL before Fastify routes or logs it. It is used only with auth.query on.
+  app.server.prependListener('upgrade', stripQueryToken)
 
   const ownWebsocket = !app.hasDecorator('websocketServer')
   if (ownWebsocket) {
+    const wsOptions: WebSocketServerOptions = {
+      maxPayload: options.maxPayload,
+      // What one unfinished message may hold: its fragments, and the reads its last frame came in so far.
+      maxFragments: options.maxFragments,
+      maxBufferedChunks: bufferedChunksAllowed(options.maxPayload),
+      // ws terminates a peer (1006) with this many of its pings not answered yet: room for what the rate limit
+      // lets through before it closes with 1008 (lib/connection.ts).
+      maxPendingAutoPongs: pendingPongsAllowed(options.rateLimit),
+      handleProtocols: selectProtocol
+    }
     await app.register(fastifyWebsocket, {
-      options: { maxPayload: options.maxPayload, handleProtocols: selectProtocol },
+      options: wsOptions,
       // forge-socket drains its own connections with 1001 in its preClose hook below.
       preClose: (done) => done()
     })
   } else {
-    // The app registered @fastify/websocket itself: keep its server options, but select our subprotocol.
+    // The app registered @fastify/websocket itself: keep its server options (its maxPayload, maxFragments and
+    // maxPendingAutoPongs too), but select our subprotocol.
     app.websocketServer.options.handleProtocols ??= selectProtocol
   }
 
   // An upgrade to a path with no route, or to a plain HTTP route (one registered after forge-socket: those are
   // marked here), is refused as plain HTTP 404 before any socket opens. Left to @fastify/websocket, it would be
   // upgraded and closed at once, with 1005. A callback hook, not an async one: it runs on every request of the
-  // app, and costs no promise on any.
-  app.addHook('onRoute', (route) => {
-    if (route.websocket !== true && typeof route.wsHandler !== 'function') route.config = { ...route.config, [kPlainRoute]: true }
+  // app, and costs no promise on any. A WebSocket route's requests lose `?token=` before their request line is
+  // logged, plain HTTP ones included (withoutQueryToken).
+  app.addHook('onRoute', function (route) {
+    if (route.websocket === true || typeof route.wsHandler === 'function') {
+      route.childLoggerFactory = withoutQueryToken(route.childLoggerFactory ?? this.childLoggerFactory)
+    } else {
+      route.config = { ...route.config, [kPlainRoute]: true }
+    }
   })
   app.addHook('onRequest', (request, _reply, done) => {
     const refused = request.ws && (request.is404 || (request.routeOptions.config as PlainRouteConfig)[kPlainRoute] === true)
@@ -73,13 +110,13 @@ async function forgeSocket (app: FastifyInstance, input: ForgeSocketOptions): Pr
     // @fastify/websocket has removed its upgrade listener by now (its preClose runs first). Were ours left alone,
     // an upgrade arriving during the drain would reach no one and hang, and hold app.close() with it; without any
     // listener, Node hands it to Fastify as a plain request, refused with 503.
-    if (options.auth.query) app.server.removeListener('upgrade', stripQueryToken)
+    app.server.removeListener('upgrade', stripQueryToken)
     await service.drain()
     app.websocketServer.close()
   })
   app.addHook('onClose', async () => {
     await service.stop()
-    if (options.auth.query) app.server.removeListener('upgrade', stripQueryToken)
+    app.server.removeListener('upgrade', stripQueryToken)
   })
 }
 
@@ -98,8 +135,8 @@ export { MemoryBroker, MemoryHub } from './lib/broker/memory.js'
 export { RedisBroker, type RedisBrokerOptions } from './lib/broker/redis.js'
 export type { RedisClient, RedisConnectionOptions, RedisConnectionSettings } from './lib/broker/redis-client.js'
 export { RESERVED_COMMANDS, SUBPROTOCOL } from './lib/protocol.js'
-export type { Broker, BrokerHost, BrokerMessage, BrokerHealth, BrokerLogger, Departure, NodeCounts, NodeReport, PresenceChange, PresenceEntry } from './lib/broker/broker.js'
-export type { ForgeSocketOptions, ForgeSocketProfile, Profile, TokenPayload } from './lib/options.js'
+export type { Broker, BrokerHost, BrokerMessage, BrokerHealth, BrokerLogger, Departure, NodeCounts, NodeReport, PresenceChange, PresenceEntry, PresenceUpdate } from './lib/broker/broker.js'
+export type { ForgeSocketOptions, ForgeSocketProfile, PresenceMode, PresenceOptions, Profile, TokenPayload } from './lib/options.js'
 export type { JwtOptions, JwtSecret, JwtKey, JwtKeyFunction } from './lib/jwt.js'
 export type { SocketService, SocketStatus, ClusterStatus, ChannelInfo } from './lib/service.js'
 export type { Connection, ConnectionInfo, Metadata } from './lib/connection.js'

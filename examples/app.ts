@@ -35,13 +35,25 @@ export interface DemoOptions {
   /** With Redis: ms after which a silent node counts as dead (its users leave); default `NODE_TTL`, else 10000. */
   nodeTtl?: number
   logger?: FastifyServerOptions['logger']
+  /**
+   * ms a client has to send a request's headers, an upgrade's included; default `HEADERS_TIMEOUT`, else 10000.
+   * Node's own (60 s, checked every 30 s) would let a client that never finishes them hold a socket for 90 s.
+   */
+  headersTimeout?: number
 }
 
 /**
  * The demo app: login, per-user notifications, chat rooms, and a page to try them. See README "Quick start".
  */
 export async function buildDemo (options: DemoOptions = {}): Promise<FastifyInstance> {
-  const app = Fastify({ logger: options.logger ?? false }).withTypeProvider<TypeBoxTypeProvider>()
+  const headersTimeout = options.headersTimeout ?? Number(process.env.HEADERS_TIMEOUT ?? 10_000)
+  const app = Fastify({
+    logger: options.logger ?? false,
+    // Slow clients are Node's to cut (docs/limits.md): headers within headersTimeout, checked at least every second,
+    // and a whole request, body included, within 30 s.
+    http: { headersTimeout, connectionsCheckingInterval: Math.min(headersTimeout, 1000) },
+    requestTimeout: Math.max(headersTimeout, 30_000)
+  }).withTypeProvider<TypeBoxTypeProvider>()
   const secret = options.secret ?? process.env.JWT_SECRET ?? DEV_SECRET
   if (secret === DEV_SECRET) {
     app.log.warn('JWT_SECRET is not set: signing tokens with the PUBLIC DEMO SECRET. Never run this outside development.')
@@ -52,6 +64,10 @@ export async function buildDemo (options: DemoOptions = {}): Promise<FastifyInst
   await app.register(forgeSocket, {
     jwt: { secret },
     broker: redisUrl === undefined ? 'memory' : new RedisBroker({ redis: redisUrl, nodeTtl }),
+    // Chat rooms announce who comes and goes; the notification channels (one of them holds everyone) do not.
+    presence: { announce: (channel) => channel.startsWith('chat-room-') ? 'events' : 'none' },
+    // Opening and closing connections in a loop is work too: 429 with Retry-After past these.
+    connectionLimits: { perUser: 50, ratePerIp: 20, ratePerUser: 10, burst: 40 },
     auth: {
       profile: (claims: TokenPayload): DemoProfile => {
         if (typeof claims.sub !== 'string') throw new errors.FST_SOCKET_TOKEN_INVALID('the token has no subject')

@@ -74,3 +74,17 @@ export function corkTick (stream: Duplex): void {
   corked.add(stream)
   if (corked.size === 1) process.nextTick(uncorkAll)
 }
+
+/**
+ * ws's `maxBufferedChunks` for forge-socket's server: the TCP reads one frame may arrive in before it is whole. ws
+ * keeps each read as a Buffer of its own until the frame is complete, about 190 bytes each however few bytes it
+ * carries, and allows 262,144 of them: a client sending one byte per packet held 3.7 MiB with 20,000 bytes of a
+ * frame. A frame of `maxPayload` bytes needs no more reads than this even in TCP's smallest segments (536 bytes);
+ * one more closes the connection with 1008.
+ *
+ * @example
+ * bufferedChunksAllowed(65536)   // 128
+ */
+export function bufferedChunksAllowed (maxPayload: number): number {
+  return Math.max(64, Math.ceil(maxPayload / 512))
+}

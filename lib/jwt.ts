@@ -1,4 +1,4 @@
-import type { FastifyBaseLogger, FastifyInstance, FastifyRequest } from 'fastify'
+import type { FastifyBaseLogger, FastifyError, FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import fastifyJwt, { type FastifyJWTOptions, type JWT, type TokenOrHeader } from '@fastify/jwt'
 import { errors, toClientError } from './errors.js'
 import type { ResolvedOptions, TokenPayload } from './options.js'
@@ -237,6 +237,29 @@ function translate (err: unknown, log: FastifyBaseLogger): Error {
   return new errors.FST_SOCKET_TOKEN_INVALID('verification failed')
 }
 
+/**
+ * fast-jwt's verdicts on a token that @fastify/jwt 10 passes on as they are, with no HTTP status (it gives expiry,
+ * bad signatures and claim values, missing claims and missing signatures their 401 itself): an algorithm outside the
+ * allow-list, a token not active yet (`nbf`), a claim of the wrong type, a payload that is no JSON object, a `crit`
+ * header, a `typ` that `verify.checkTyp` refuses. Fastify would answer them 500, logged as server errors.
+ */
+const UNTRANSLATED_REFUSALS = new Set([
+  'FAST_JWT_INVALID_ALGORITHM', 'FAST_JWT_INACTIVE', 'FAST_JWT_INVALID_CLAIM_TYPE', 'FAST_JWT_INVALID_PAYLOAD',
+  'FAST_JWT_INVALID_CRIT_HEADER', 'FAST_JWT_INVALID_TYPE'
+])
+
+/**
+ * An `onError` hook for the app's own routes when forge-socket registered @fastify/jwt: the refusals above get their
+ * 401 before Fastify's error handler reads the status (so they are logged at info, as 4xx, and an app's own error
+ * handler sees 401 too). The error keeps fast-jwt's code and message. forge-socket's upgrades never get here: their
+ * errors are translated in `translate`. A hook is the only place: @fastify/jwt hands the error to the caller of
+ * `request.jwtVerify()`, and none of the callbacks forge-socket gives it sees a failed verification.
+ */
+function refusalIs401 (_request: FastifyRequest, _reply: FastifyReply, error: FastifyError, done: () => void): void {
+  if (error.statusCode === undefined && UNTRANSLATED_REFUSALS.has(error.code)) error.statusCode = 401
+  done()
+}
+
 /** The claims of a token @fastify/jwt verified (its result may have been reshaped). */
 function claimsOf (token: string): TokenPayload {
   return JSON.parse(Buffer.from(token.slice(token.indexOf('.') + 1, token.lastIndexOf('.')), 'base64url').toString()) as TokenPayload
@@ -330,6 +353,7 @@ export async function registerJwt (app: FastifyInstance, options: Readonly<Resol
     } catch (err) {
       throw new errors.FST_SOCKET_INVALID_OPTIONS(`/jwt: ${(err as Error).message}`, { cause: err })
     }
+    app.addHook('onError', refusalIs401)
     resultIsClaims = jwt.formatUser === undefined && jwt.verify?.complete !== true
   }
   if (!app.hasRequestDecorator(method)) {
