@@ -126,6 +126,8 @@ export type BrokerHealth = 'ok' | 'degraded'
 export interface BrokerLogger {
   error (obj: object, msg: string): void
   warn (obj: object, msg: string): void
+  /** Back to normal (the Redis broker connected again); optional, for loggers of the Broker interface before it. */
+  info? (obj: object, msg: string): void
 }
 
 /** The methods every Broker has. */

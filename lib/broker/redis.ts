@@ -254,7 +254,12 @@ export class RedisBroker implements Broker {
    */
   #tick (): Promise<void> {
     this.#ticking ??= this.#report().then(() => this.#reap())
-      .then(() => { if (this.health === 'ok') this.#away = false }, this.#reportError)
+      .then(() => {
+        if (this.health !== 'ok' || !this.#away) return
+        this.#away = false
+        // Said once per outage, as its start was: at start too, so a log shows when a node joined the cluster.
+        this.#host?.log.info?.({}, 'redis broker: connected to the other nodes')
+      }, this.#reportError)
       .finally(() => { this.#ticking = null })
     return this.#ticking
   }
