@@ -71,7 +71,7 @@ async function forgeSocket (app: FastifyInstance, input: ForgeSocketOptions): Pr
       maxBufferedChunks: bufferedChunksAllowed(options.maxPayload),
       // ws terminates a peer (1006) with this many of its pings not answered yet: room for what the rate limit
       // lets through before it closes with 1008 (lib/connection.ts).
-      maxPendingAutoPongs: pendingPongsAllowed(options.rateLimit),
+      maxPendingAutoPongs: pendingPongsAllowed(options),
       handleProtocols: selectProtocol
     }
     await app.register(fastifyWebsocket, {

@@ -17,12 +17,13 @@ export interface Authenticated {
 }
 
 /**
- * Removes `token` from an upgrade request's URL before Fastify routes (and logs) it, keeping the value aside.
- * Installed as the first `upgrade` listener when `auth.query` is on.
+ * Removes `token` from an upgrade request's URL before Fastify routes (and logs) it, keeping the value aside (used
+ * only with `auth.query` on). Installed as the first `upgrade` listener whatever the option says. Any query is
+ * parsed: a key written `%74oken` is `token` to Fastify's parser too.
  */
 export function stripQueryToken (raw: IncomingMessage): void {
   const url = raw.url
-  if (url === undefined || !url.includes('token=')) return
+  if (url === undefined) return
   const at = url.indexOf('?')
   if (at === -1) return
   const params = new URLSearchParams(url.slice(at + 1))

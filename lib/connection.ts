@@ -24,8 +24,10 @@ export const ABUSE_WINDOW_SECONDS = 5
  * through before its 1008 (`pinged`): the burst, a second's refill, and the refused pings of two abuse windows (one
  * may end during the flood).
  */
-export function pendingPongsAllowed (rateLimit: ResolvedOptions['rateLimit']): number {
-  return rateLimit.burst + rateLimit.perSecond * (2 * ABUSE_WINDOW_SECONDS + 1)
+export function pendingPongsAllowed ({ rateLimit, sendBufferLimit }: Pick<ResolvedOptions, 'rateLimit' | 'sendBufferLimit'>): number {
+  // …but never more answers than `sendBufferLimit` holds (at most 127 bytes each): a client pinging within a high
+  // rate and never reading must not hold more than a slow consumer may.
+  return Math.min(rateLimit.burst + rateLimit.perSecond * (2 * ABUSE_WINDOW_SECONDS + 1), Math.max(60, Math.floor(sendBufferLimit / 127)))
 }
 
 /** ws send options, shared by every send that goes through ws. */
@@ -121,6 +123,7 @@ export class Connection implements Deadlined {
   // Made on first use: an idle connection sends nothing, and most never have a frame refused or a malformed one.
   #rate: TokenBucket | null = null
   #subscribes: TokenBucket | null = null
+  #subscribeRefused: WindowCounter | null = null
   #refused: WindowCounter | null = null
   #badFrames: WindowCounter | null = null
 
@@ -164,6 +167,15 @@ export class Connection implements Deadlined {
   /** `subscribe` and `unsubscribe`: `subscribeRate.perSecond`, with `subscribeRate.burst` saved up. */
   get subscribes (): TokenBucket {
     return (this.#subscribes ??= new TokenBucket(this.#limits.subscribeRate.perSecond, this.#limits.subscribeRate.burst, Date.now()))
+  }
+
+  /**
+   * Refused `subscribe` / `unsubscribe` in a window: more than a full burst and five seconds of the rate is a client
+   * that keeps at it (a reconnecting client re-subscribing to its channels stays within the burst).
+   */
+  get subscribeRefused (): WindowCounter {
+    const { perSecond, burst } = this.#limits.subscribeRate
+    return (this.#subscribeRefused ??= new WindowCounter(burst + Math.ceil(perSecond * ABUSE_WINDOW_SECONDS), ABUSE_WINDOW_SECONDS * 1000))
   }
 
   /** "Sustained abuse": more frames refused in a window than the rate allows in that window. */

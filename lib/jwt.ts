@@ -256,8 +256,17 @@ const UNTRANSLATED_REFUSALS = new Set([
  * `request.jwtVerify()`, and none of the callbacks forge-socket gives it sees a failed verification.
  */
 function refusalIs401 (_request: FastifyRequest, _reply: FastifyReply, error: FastifyError, done: () => void): void {
-  if (error.statusCode === undefined && UNTRANSLATED_REFUSALS.has(error.code)) error.statusCode = 401
+  if (error.statusCode === undefined && UNTRANSLATED_REFUSALS.has(error.code) && fromVerifier(error)) error.statusCode = 401
   done()
+}
+
+/**
+ * Whether fast-jwt's verifier (or the decoder it reads the token with) made the error. Its signer throws two of the same codes (INVALID_TYPE for a payload
+ * that is no object, INVALID_ALGORITHM for a key of another type): those are the app's bugs, and stay 500. The
+ * stack is the only mark of which it was; where it names neither (a bundled fast-jwt), the error is left as it is.
+ */
+function fromVerifier (error: Error): boolean {
+  return /[\\/]fast-jwt[\\/]src[\\/](verifier|decoder)\.js/.test(error.stack ?? '')
 }
 
 /** The claims of a token @fastify/jwt verified (its result may have been reshaped). */

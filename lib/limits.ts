@@ -51,6 +51,8 @@ export class TokenBucket {
 
 /** How often `RateByKey` forgets the keys whose buckets are full again. */
 const SWEEP_INTERVAL = 10_000
+/** The keys `RateByKey` holds at most (about 100 bytes each); past it, the oldest is forgotten. */
+const MAX_KEYS = 100_000
 
 /**
  * A token bucket per key (a client IP, a user id), for the connection rates. A key whose bucket is full again is
@@ -82,7 +84,12 @@ export class RateByKey {
     if (this.#rate === 0 || key === null) return 0
     if (now - this.#swept >= SWEEP_INTERVAL) this.#sweep(now)
     let bucket = this.#buckets.get(key)
-    if (bucket === undefined) this.#buckets.set(key, (bucket = new TokenBucket(this.#rate, this.#burst, now)))
+    if (bucket === undefined) {
+      // A flood from more addresses than this is beyond what a per-key limit can hold off (a proxy or firewall's
+      // job): the map stays bounded, and the key seen longest ago starts afresh.
+      if (this.#buckets.size >= MAX_KEYS) this.#buckets.delete(this.#buckets.keys().next().value as string)
+      this.#buckets.set(key, (bucket = new TokenBucket(this.#rate, this.#burst, now)))
+    }
     return bucket.take(now) ? 0 : bucket.wait(now)
   }
 
@@ -154,4 +161,23 @@ export class ConnectionCounter {
     if (count <= 0) this.#counts.delete(key)
     else this.#counts.set(key, count)
   }
+}
+
+/**
+ * The address block a connection rate counts an IP against: an IPv4 address itself, an IPv6 address's /64 (one
+ * site's, which hands its hosts as many addresses as they like), an IPv4-mapped IPv6 address as IPv4.
+ *
+ * @example
+ * addressBlock('2001:db8::1')   // '2001:db8:0:0::/64'
+ */
+export function addressBlock (ip: string): string {
+  if (!ip.includes(':')) return ip
+  const address = ip.split('%')[0] as string
+  const mapped = /^::ffff:(\d+\.\d+\.\d+\.\d+)$/i.exec(address)
+  if (mapped !== null) return mapped[1] as string
+  const [head = '', tail] = address.split('::')
+  const first = head === '' ? [] : head.split(':')
+  const last = tail === undefined || tail === '' ? [] : tail.split(':')
+  const groups = tail === undefined ? first : [...first, ...new Array<string>(Math.max(0, 8 - first.length - last.length)).fill('0'), ...last]
+  return `${groups.slice(0, 4).map((group) => parseInt(group, 16).toString(16)).join(':')}::/64`
 }

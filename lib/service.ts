@@ -16,7 +16,7 @@ import { Heartbeat } from './heartbeat.js'
 import { Deadlines } from './deadlines.js'
 import { corkTick, directStream, textFrame } from './frame.js'
 import { Inbound } from './inbound.js'
-import { ConnectionCounter, RateByKey } from './limits.js'
+import { ConnectionCounter, RateByKey, addressBlock } from './limits.js'
 import { PageState, currentPageState, runAct, type ActHandler, type ActOptions, type ActRouteOptions, type UpgradePlan, type UpgradeTicket } from './act.js'
 import { checkOrigin, type Authenticator } from './auth.js'
 import type { BrokerHealth, BrokerMessage, Departure, NodeCounts, NodeReport, PresenceChange, PresenceEntry } from './broker/broker.js'
@@ -124,6 +124,7 @@ export class SocketService {
     this.#presence = new PresenceAnnouncer(options.presence, {
       broadcast: (channel, cmd, param, except) => { this.broadcast(channel, { cmd, param }, { except }) },
       deliver: (channel, cmd, param) => { this.#deliver(channel, { channel, cmd, param }, undefined) },
+      present: (channel) => this.#clusterUsers(channel),
       warn: (fields, message) => { app.log.warn(fields, message) }
     })
     this.#heartbeat = new Heartbeat(() => this.#connections.values(), options.heartbeat.interval, options.heartbeat.timeout)
@@ -194,7 +195,7 @@ export class SocketService {
         if (!request.ws) throw new errors.FST_SOCKET_UPGRADE_REQUIRED()
         checkOrigin(request, service.#options.origins)
         // Before authenticate: this refusal needs no token, and verifying one may cost a JWKS fetch.
-        service.#admit(request.ip, 'IP address', service.#perIp, service.#ratePerIp)
+        service.#admit(request.ip, 'IP address', service.#perIp, service.#ratePerIp, addressBlock(request.ip))
         const { profile, payload } = await service.#auth.authenticate(request, required)
         service.#admit(profile?.id ?? null, 'user', service.#perUser, service.#ratePerUser)
         const ps = new PageState(name, request, profile, payload, options.onBinary)
@@ -476,7 +477,7 @@ export class SocketService {
     this.#expiries.clear()
     await Promise.all(this.#closePaths)
     // The other nodes' members hear this node's users leave: what is gathered goes out before the broker closes.
-    this.#presence.flush()
+    await this.#presence.flush()
     this.#presence.stop()
     await this.#options.broker.close()
   }
@@ -485,9 +486,10 @@ export class SocketService {
    * The connection limits of one IP address or user, before the upgrade: its open connections (429, try again in
    * a few seconds: when one closes is anyone's guess) and its new connections a second (429, when the next is
    * allowed). Every attempt counts against the rate, refused or not, so a loop of refused attempts stays refused.
+   * An IP's rate counts its address block (`addressBlock`: IPv6 by /64).
    */
-  #admit (key: string | null, what: 'IP address' | 'user', open: ConnectionCounter, rate: RateByKey): void {
-    const wait = rate.take(key, Date.now())
+  #admit (key: string | null, what: 'IP address' | 'user', open: ConnectionCounter, rate: RateByKey, rateKey = key): void {
+    const wait = rate.take(rateKey, Date.now())
     if (wait > 0) throw withRetryAfter(new errors.FST_SOCKET_CONNECTION_RATE_LIMITED(what), wait)
     if (!open.allows(key)) throw withRetryAfter(new errors.FST_SOCKET_TOO_MANY_CONNECTIONS(what), FULL_RETRY_AFTER)
   }
@@ -728,6 +730,13 @@ export class SocketService {
     if (cluster === null) return
     // The cap counts every node's users where the broker knows them, else this node's.
     this.#presence.change(name, { user, connectionId: conn.id }, cluster, present ?? this.#channels.get(name)?.users.size ?? 0)
+  }
+
+  /** The users of a channel on every node, for the presence announcer's check; null without a cluster view. */
+  async #clusterUsers (channel: string): Promise<ReadonlySet<string> | null> {
+    const broker = this.#options.broker
+    if (broker.presence === undefined || broker.health === 'degraded') return null
+    return new Set((await broker.presence(channel)).map((entry) => entry.user))
   }
 
   /** A node's users, gone with it or back: each channel of this node hears about them in one round. */

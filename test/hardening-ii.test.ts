@@ -264,6 +264,17 @@ t.test('token refusals that answered 500: an app that registered @fastify/jwt it
   t.equal(res.statusCode, 500, 'forge-socket adds no hook to an @fastify/jwt it did not register')
 })
 
+t.test('token refusals that answered 500: the app\'s own signing bugs, with the same fast-jwt codes, stay 500', async (t) => {
+  const app = Fastify({ logger: false })
+  t.after(() => app.close())
+  await app.register(forgeSocket, { jwt: { secret: SECRET } })
+  // fast-jwt's signer throws FAST_JWT_INVALID_TYPE for a payload that is no object: a server bug, not a bad token.
+  app.get('/api/token', async () => ({ token: app.jwt.sign('not an object' as unknown as object) }))
+  const res = await app.inject({ url: '/api/token' })
+  t.equal(res.statusCode, 500)
+  t.equal(res.json().code, 'FAST_JWT_INVALID_TYPE')
+})
+
 t.test('token refusals that answered 500: jwt.verify.algorithms is refused at register, whatever it says', async (t) => {
   for (const algorithms of [['HS512'], ['HS256']]) {
     const app = Fastify({ logger: false })

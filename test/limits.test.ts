@@ -1,6 +1,7 @@
 // Issue 4, items 3, 5 (the malformed-frame window), 7, 8 and 12: inbound rate limit, malformed frames, connection
 // limits, channel names, slow upgrade requests. Each limit is configured small so the tests wait for events, not time.
 import t, { type Test } from 'tap'
+import { addressBlock, RateByKey } from '../lib/limits.js'
 import { once } from 'node:events'
 import { createServer } from 'node:http'
 import { connect as tcpConnect, type AddressInfo } from 'node:net'
@@ -427,4 +428,28 @@ t.test('slow upgrade requests (headers dribbled in) are cut by Node\'s headers t
   t.equal(app.socket.connections().length, 1, 'the slow request never became a connection')
   await alive(t, client, 'room-a', 'the normal client is unaffected')
   client.close()
+})
+
+t.test('connection rates count an IPv6 address by its /64, an IPv4-mapped one as IPv4', async (t) => {
+  t.equal(addressBlock('203.0.113.7'), '203.0.113.7')
+  t.equal(addressBlock('::ffff:203.0.113.7'), '203.0.113.7')
+  t.equal(addressBlock('2001:db8::1'), '2001:db8:0:0::/64')
+  t.equal(addressBlock('2001:db8:0:0:ffff:1:2:3'), '2001:db8:0:0::/64', 'the same /64, another host')
+  t.equal(addressBlock('2001:DB8:0:1::'), '2001:db8:0:1::/64', 'the next /64')
+  t.equal(addressBlock('fe80::1%eth0'), 'fe80:0:0:0::/64')
+  t.equal(addressBlock('::1'), '0:0:0:0::/64')
+})
+
+t.test('RateByKey: a key refused until its bucket refills, forgotten once full again, and never more than 100,000 kept', async (t) => {
+  const rate = new RateByKey(1, 2)
+  t.equal(rate.take('a', 0), 0)
+  t.equal(rate.take('a', 0), 0)
+  t.equal(rate.take('a', 0), 1000, 'ms until the next one')
+  t.equal(rate.take('a', 500), 500)
+  t.equal(rate.take(null, 0), 0, 'no key, no limit')
+  t.equal(new RateByKey(0, 1).take('a', 0), 0, 'rate 0, no limit')
+  t.equal(rate.take('b', 20_000), 0, 'a sweep, 10 s on: a is full again and forgotten')
+  t.equal(rate.size, 1)
+  for (let i = 0; i < 100_010; i++) rate.take(`k${i}`, 20_001)
+  t.equal(rate.size, 100_000, 'the oldest keys make room')
 })

@@ -142,6 +142,9 @@ export class RedisBroker implements Broker {
       if (client.status === 'wait') await client.connect().catch(() => {})
     }))
     this.#timer = setInterval(() => { void this.#tick() }, Math.max(1, Math.floor(this.#nodeTtl / 3))).unref()
+    // On every ready, not once: a subscription that failed is sent again when the subscriber next connects (one
+    // that succeeded is remembered, and ioredis renews it itself).
+    this.#sub.on('ready', this.#subscribeControl)
     if (this.health === 'ok') {
       this.#away = false
       await this.#subscribeControl()
@@ -150,7 +153,6 @@ export class RedisBroker implements Broker {
     }
     // Not queued while Redis is away: a queued command would keep its timeout running after a close.
     if (this.#sub.status === 'ready') void this.#subscribeControl()
-    else this.#sub.once('ready', this.#subscribeControl)
     const cause = this.#trouble === null ? '' : ` (${this.#trouble.message})`
     host.log.warn({ err: new errors.FST_SOCKET_BROKER_UNAVAILABLE(`Redis is not ready at start${cause}`) },
       'redis broker: local delivery only until Redis answers')
@@ -231,7 +233,11 @@ export class RedisBroker implements Broker {
 
   /** Subscribes, once, the channel every node hears: messages for a connection or a user, wherever they are. */
   readonly #subscribeControl = (): Promise<unknown> =>
-    (this.#controlSubscribed ??= this.#sub.subscribe(this.#control).catch(this.#reportError))
+    (this.#controlSubscribed ??= this.#sub.subscribe(this.#control).catch((err: Error) => {
+      // Tried again with the next ready: a subscription that failed (a timeout, an ACL) must not be taken for done.
+      this.#controlSubscribed = null
+      this.#reportError(err)
+    }))
 
   /** A prefixed key or channel name. */
   #key (name: string): string {
