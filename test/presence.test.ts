@@ -4,6 +4,7 @@
 import t, { type Test } from 'tap'
 import Fastify, { type FastifyInstance } from 'fastify'
 import { presenceChanges } from '../lib/client/presence.js'
+import { PresenceAnnouncer } from '../lib/presence.js'
 import forgeSocket, { MemoryBroker, MemoryHub, type ForgeSocketOptions } from '../plugin.js'
 import { flush } from './helpers/cluster.js'
 import { LogSink } from './helpers/logs.js'
@@ -270,4 +271,29 @@ t.test('presenceChanges reads every form, and nothing else', async (t) => {
   t.equal(presenceChanges({ channel: 'x', cmd: 'presence-diff', param: null }), null)
   t.equal(presenceChanges({ channel: 'x', cmd: 'user-joined', param: { who: 'ann' } }), null)
   t.equal(presenceChanges({ channel: 'x', cmd: 'chat-message', param: member }), null)
+})
+
+t.test('a node\'s users who came or went with it: each channel\'s mode, and the cap counting them too', async (t) => {
+  const sent: Array<[string, string, unknown]> = []
+  const outlet = {
+    broadcast: () => { throw new Error('node changes go to this node\'s members only') },
+    deliver: (channel: string, cmd: string, param: object) => { sent.push([channel, cmd, param]) },
+    present: () => null,
+    warn: () => {}
+  }
+  const modes: Record<string, 'events' | 'diff' | 'none'> = { 'room-e': 'events', 'room-d': 'diff', 'room-n': 'none' }
+  const announcer = new PresenceAnnouncer({ announce: (channel) => modes[channel] ?? 'events', interval: 100, maxUsers: 3 }, outlet)
+  const gone = [{ user: 'bob', node: 'n2' }, { user: 'carl', node: 'n2' }]
+  announcer.nodeChange('room-e', [], gone, 1)
+  announcer.nodeChange('room-d', [], gone, 1)
+  announcer.nodeChange('room-n', [], gone, 1)
+  t.same(sent, [
+    ['room-e', 'user-left', { user: 'bob', node: 'n2' }],
+    ['room-e', 'user-left', { user: 'carl', node: 'n2' }],
+    ['room-d', 'presence-diff', { joins: [], leaves: gone }]
+  ], 'one message per user, one diff, nothing')
+  sent.length = 0
+  announcer.nodeChange('room-e', [], gone, 2)
+  t.same(sent, [], 'two here and two gone make four users: over the cap of 3, though two remain')
+  announcer.stop()
 })
