@@ -165,12 +165,15 @@ export class ConnectionCounter {
 
 /**
  * The address block a connection rate counts an IP against: an IPv4 address itself, an IPv6 address's /64 (one
- * site's, which hands its hosts as many addresses as they like), an IPv4-mapped IPv6 address as IPv4.
+ * site's, which hands its hosts as many addresses as they like), an IPv4-mapped IPv6 address as IPv4; null without
+ * an address.
  *
  * @example
  * addressBlock('2001:db8::1')   // '2001:db8:0:0::/64'
  */
-export function addressBlock (ip: string): string {
+export function addressBlock (ip: string | undefined): string | null {
+  // `app.injectWS` requests have no address: no per-IP rate for them, as no per-IP count.
+  if (typeof ip !== 'string') return null
   if (!ip.includes(':')) return ip
   const address = ip.split('%')[0] as string
   const mapped = /^::ffff:(\d+\.\d+\.\d+\.\d+)$/i.exec(address)

@@ -195,7 +195,7 @@ export class SocketService {
         if (!request.ws) throw new errors.FST_SOCKET_UPGRADE_REQUIRED()
         checkOrigin(request, service.#options.origins)
         // Before authenticate: this refusal needs no token, and verifying one may cost a JWKS fetch.
-        service.#admit(request.ip, 'IP address', service.#perIp, service.#ratePerIp, addressBlock(request.ip))
+        service.#admit(request.ip, 'IP address', service.#perIp, service.#ratePerIp, addressBlock(request.ip as string | undefined))
         const { profile, payload } = await service.#auth.authenticate(request, required)
         service.#admit(profile?.id ?? null, 'user', service.#perUser, service.#ratePerUser)
         const ps = new PageState(name, request, profile, payload, options.onBinary)
