@@ -101,7 +101,8 @@ export class PresenceAnnouncer {
     if (this.#timer !== null) clearTimeout(this.#timer)
     this.#timer = null
     // Taken out first: announcing may run code (a broker) that makes new changes, which wait for the next round.
-    const pending = [...this.#pending]
+    // A channel over the cap at its last change is not asked about (a read of its thousands of users): it is dropped.
+    const pending = [...this.#pending].filter(([, changes]) => !this.#overCap(changes.users))
     this.#pending.clear()
     if (pending.length === 0) return this.#round
     this.#round = this.#round.then(async () => {
