@@ -10,7 +10,7 @@ import { demoLogin, freePort, startDemo } from './helpers/demo-process.js'
 
 if (requireRedis(t)) {
   /** One node: an app whose broker is a RedisBroker on `redis`, with a room route, listening. */
-  async function node (t: Test, redis: RedisProcess, commandTimeout = 1000, nodeTtl = 600): Promise<{ app: FastifyInstance, base: string, broker: RedisBroker }> {
+  async function node (t: Test, redis: RedisProcess, commandTimeout = 1000, nodeTtl = 3000): Promise<{ app: FastifyInstance, base: string, broker: RedisBroker }> {
     const broker = new RedisBroker({ redis: redis.url, commandTimeout, nodeTtl })
     const app = await build({ broker }, (app) => {
       app.get('/ws/:room', app.socket.act('room', (app, ps) => ps.upgrade(`room-${ps.requestString('room', true)}`)))

@@ -35,7 +35,9 @@ export async function listen (app: FastifyInstance): Promise<string> {
 export class Client {
   readonly ws: WebSocket
   readonly messages: OutboundMessage[] = []
-  #waiters: Array<{ match: (m: OutboundMessage) => boolean, resolve: (m: OutboundMessage) => void }> = []
+  #waiters: Array<{ match: (m: OutboundMessage) => boolean, resolve: (m: OutboundMessage) => void, reject: (err: Error) => void }> = []
+  /** Set once the socket has closed: a wait for a message that has not come then fails at once. */
+  #closedWith: { code: number, reason: string } | null = null
   readonly closed: Promise<{ code: number, reason: string }>
   readonly opened: Promise<void>
 
@@ -53,16 +55,33 @@ export class Client {
       this.ws.once('error', reject)
     })
     this.closed = new Promise((resolve) => {
-      this.ws.once('close', (code, reason) => resolve({ code, reason: reason.toString() }))
+      this.ws.once('close', (code, reason) => {
+        this.#closedWith = { code, reason: reason.toString() }
+        for (const waiter of this.#waiters.splice(0)) waiter.reject(this.#closedError())
+        resolve(this.#closedWith)
+      })
     })
   }
 
-  /** Resolves with the first message (already received or to come) for which `match` holds. */
+  #closedError (): Error {
+    const { code, reason } = this.#closedWith ?? { code: 0, reason: '' }
+    return new Error(`the socket closed (${code}${reason === '' ? '' : ` ${reason}`}) before the message waited for came`)
+  }
+
+  /**
+   * Resolves with the first message (already received or to come) for which `match` holds; rejects when the socket
+   * closes first (a refused upgrade too), so a regression fails at once, not at tap's timeout. A wait nobody awaits
+   * (a test that moved on) is no unhandled rejection.
+   */
   next (match: string | ((m: OutboundMessage) => boolean)): Promise<OutboundMessage> {
     const fn = typeof match === 'string' ? (m: OutboundMessage) => m.cmd === match : match
     const seen = this.messages.findIndex(fn)
     if (seen !== -1) return Promise.resolve(this.messages.splice(seen, 1)[0] as OutboundMessage)
-    return new Promise((resolve) => this.#waiters.push({ match: fn, resolve: (m) => { this.messages.splice(this.messages.indexOf(m), 1); resolve(m) } }))
+    const waiting = this.#closedWith !== null
+      ? Promise.reject(this.#closedError())
+      : new Promise<OutboundMessage>((resolve, reject) => this.#waiters.push({ match: fn, reject, resolve: (m) => { this.messages.splice(this.messages.indexOf(m), 1); resolve(m) } }))
+    waiting.catch(() => {})
+    return waiting
   }
 
   send (message: unknown): void {
