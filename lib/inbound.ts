@@ -112,8 +112,9 @@ export class Inbound {
     const { channel, cmd, param } = message
     // Membership changes have a rate of their own: each may be presence traffic for every member of the channel.
     // A client that keeps at it past its limit is closed like one that floods messages.
-    if (cmd !== 'auth.refresh' && !conn.subscribes.take(Date.now())) {
-      if (conn.subscribeRefused.hit(Date.now())) conn.close(CloseCode.POLICY_VIOLATION, 'subscribe rate limit exceeded')
+    const now = Date.now()
+    if (cmd !== 'auth.refresh' && !conn.subscribes.take(now)) {
+      if (conn.subscribeRefused.hit(now)) conn.close(CloseCode.POLICY_VIOLATION, 'subscribe rate limit exceeded')
       throw new errors.FST_SOCKET_LIMIT_EXCEEDED(`at most ${this.#options.subscribeRate.perSecond} subscribes and unsubscribes a second`)
     }
     switch (cmd) {

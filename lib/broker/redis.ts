@@ -73,7 +73,7 @@ export class RedisBroker implements Broker {
   #trouble: Error | null = null
   /** Aborted by close(): whoever waits for readiness stops waiting. */
   readonly #closed = new AbortController()
-  /** The control channel's subscription, sent once (ioredis subscribes it again after an outage). */
+  /** The control channel's subscription once sent (ioredis renews it after an outage); null again if it failed. */
   #controlSubscribed: Promise<unknown> | null = null
 
   constructor (options: RedisBrokerOptions) {
@@ -231,7 +231,7 @@ export class RedisBroker implements Broker {
     }))
   }
 
-  /** Subscribes, once, the channel every node hears: messages for a connection or a user, wherever they are. */
+  /** Subscribes the channel every node hears (messages for a connection or a user, wherever they are), until it succeeds. */
   readonly #subscribeControl = (): Promise<unknown> =>
     (this.#controlSubscribed ??= this.#sub.subscribe(this.#control).catch((err: Error) => {
       // Tried again with the next ready: a subscription that failed (a timeout, an ACL) must not be taken for done.
