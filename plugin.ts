@@ -12,6 +12,7 @@ import { registerJwt } from './lib/jwt.js'
 import { pendingPongsAllowed } from './lib/connection.js'
 import { bufferedChunksAllowed } from './lib/frame.js'
 import { errors } from './lib/errors.js'
+import { kPlainRoute } from './lib/symbols.js'
 
 declare module 'fastify' {
   interface FastifyInstance {
@@ -20,8 +21,6 @@ declare module 'fastify' {
   }
 }
 
-/** Marks, in a route's config, a route that does not take WebSocket upgrades. */
-const kPlainRoute = Symbol('forge-socket.plain-route')
 type PlainRouteConfig = { [kPlainRoute]?: true }
 
 /** ws's options as forge-socket sets them: `maxPendingAutoPongs` (ws 8.21) is not in @types/ws yet. */

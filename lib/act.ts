@@ -1,29 +1,21 @@
 import { AsyncLocalStorage } from 'node:async_hooks'
+import type { ServerResponse } from 'node:http'
+import type { Socket } from 'node:net'
+import type { Duplex } from 'node:stream'
 import type { FastifyBaseLogger, FastifyInstance, FastifyRequest, RouteShorthandOptions } from 'fastify'
 import type { WebSocket } from 'ws'
-import { errors } from './errors.js'
+import { errors, withRetryAfter } from './errors.js'
 import { assertChannel } from './codec.js'
-import type { Metadata } from './connection.js'
+import { checkOrigin, type Authenticator } from './auth.js'
+import { corkTick, directStream } from './frame.js'
+import { kPlan, kResponse } from './symbols.js'
+import type { BinaryHandler, Metadata, UpgradePlan } from './connection.js'
 import type { Profile, TokenPayload } from './options.js'
-
-/** What an act handler decided: the channel the connection starts in, and who it is. */
-export interface UpgradePlan {
-  channel: string
-  ip: string
-  /** `null` when none was given. */
-  metadata: Metadata | null
-  profile: Profile | null
-  payload: TokenPayload | null
-  logger: FastifyBaseLogger
-  onBinary?: BinaryHandler | undefined
-}
 
 /** The value `ps.upgrade()` returns; an act handler returns it (as in Project Forge's `controller.Act`), though only the call matters. */
 export interface UpgradeTicket {
   readonly channel: string
 }
-
-export type BinaryHandler = (data: Buffer, connectionId: string) => void | Promise<void>
 
 /**
  * The page state `ps` an act handler receives: who is asking (`profile`, from the verified JWT), a logger, the
@@ -119,4 +111,59 @@ export interface ActOptions {
 export type ActRouteOptions = RouteShorthandOptions & {
   websocket: true
   handler: (socket: WebSocket, request: FastifyRequest) => void
+}
+
+/** What the upgrade route needs of the socket lifecycle (lib/lifecycle.ts). */
+export interface UpgradeGate {
+  readonly closing: boolean
+  admit (what: 'IP address' | 'user', key: string | null | undefined): void
+  accept (socket: WebSocket, plan: UpgradePlan, stream: Duplex | null): void
+}
+
+type UpgradingRequest = FastifyRequest & { [kPlan]?: UpgradePlan, [kResponse]?: ServerResponse }
+
+/**
+ * The route options of `app.socket.act(name, handler)`. The decision is made before the upgrade, in
+ * `preValidation`: the refusals that need no token first (shutting down, not an upgrade, origin, the IP's limits),
+ * then the token, the user's limits and the act handler, which accepts with `ps.upgrade(channel)` or refuses by
+ * throwing (plain HTTP 4xx). @fastify/websocket then upgrades, and the lifecycle takes the socket.
+ */
+export function actRoute (gate: UpgradeGate, auth: Authenticator, origins: readonly string[] | undefined, name: string, handler: ActHandler<Profile | null>, options: ActOptions): ActRouteOptions {
+  const required = (options.auth ?? 'required') === 'required'
+  return {
+    websocket: true,
+    async preValidation (request, reply) {
+      // A node that is going away sends its clients elsewhere soon: they may try again in a second. (Checked
+      // first: once closing, @fastify/websocket no longer upgrades, and `request.ws` is false.)
+      if (gate.closing) throw withRetryAfter(new errors.FST_SOCKET_SHUTTING_DOWN(), 1000)
+      if (!request.ws) throw new errors.FST_SOCKET_UPGRADE_REQUIRED()
+      checkOrigin(request, origins)
+      // Before authenticate: this refusal needs no token, and verifying one may cost a JWKS fetch.
+      gate.admit('IP address', request.ip as string | undefined)
+      const { profile, payload } = await auth.authenticate(request, required)
+      gate.admit('user', profile?.id ?? null)
+      const ps = new PageState(name, request, profile, payload, options.onBinary)
+      // On a route whose auth is required, authenticate has refused every request without a profile.
+      await runAct(ps, () => handler(this, ps))
+      if (ps.plan === null) throw new errors.FST_SOCKET_NOT_UPGRADED(name);
+      const upgrading = request as UpgradingRequest
+      upgrading[kPlan] = ps.plan
+      upgrading[kResponse] = reply.raw
+      // The upgrade completes in this tick: ws's 101 answer and the `connected` frame then leave in one write
+      // (one system call instead of two). Under `app.injectWS` there is no TCP socket, and nothing to cork.
+      const tcp = request.raw.socket as Socket | undefined
+      if (tcp !== undefined) corkTick(tcp)
+    },
+    handler (socket, request) {
+      const upgraded = request as UpgradingRequest
+      // Nothing may keep the upgrade's request and response alive as long as the connection (a few KiB each):
+      // the response @fastify/websocket gave the socket, to refuse with a status, is detached (and the lifecycle
+      // replaces the socket's 'error' listener, which holds both).
+      const response = upgraded[kResponse]
+      if (response?.socket != null) response.detachSocket(response.socket)
+      // preValidation always sets the plan before @fastify/websocket upgrades. Without a TCP socket
+      // (`app.injectWS`), every frame goes through ws.
+      gate.accept(socket, upgraded[kPlan] as UpgradePlan, directStream(socket.extensions, request.raw.socket as Socket | undefined))
+    }
+  }
 }

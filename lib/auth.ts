@@ -2,12 +2,11 @@ import type { IncomingMessage } from 'node:http'
 import type { FastifyBaseLogger, FastifyRequest } from 'fastify'
 import { errors, toClientError } from './errors.js'
 import { BEARER_PREFIX, SUBPROTOCOL } from './protocol.js'
+import { kQueryToken } from './symbols.js'
 import type { JwtVerifier } from './jwt.js'
 import type { Profile, ResolvedOptions, TokenPayload } from './options.js'
 
 /** Where a token taken from `?token=` waits, after it was stripped from the URL (so no log line shows it). */
-const kQueryToken = Symbol('forge-socket.query-token')
-
 type RawWithToken = IncomingMessage & { [kQueryToken]?: string }
 
 /** The result of authenticating an upgrade request. */

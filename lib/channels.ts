@@ -1,11 +1,12 @@
 import type { Connection } from './connection.js'
+import { Tally } from './tally.js'
 
 /** One channel on this node: its local members, its message counter, and how many connections each user has in it. */
 export class Channel {
   readonly name: string
   readonly members = new Set<Connection>()
   /** Per-user connection counts, so presence says "joined" for a user's first connection and "left" for the last. */
-  readonly users = new Map<string, number>()
+  readonly users = new Tally()
   /** The `seq` of the last message sent to this channel from this node. */
   seq = 0
   /** This node's broker subscription to the channel; joiners wait for it. */
@@ -55,13 +56,8 @@ export class ChannelRegistry {
     if (channel.members.has(conn)) return null
     channel.members.add(conn)
     conn.channels.add(name)
-    let userFirst = false
     const user = conn.profileId
-    if (user !== null) {
-      const count = channel.users.get(user) ?? 0
-      channel.users.set(user, count + 1)
-      userFirst = count === 0
-    }
+    const userFirst = user !== null && channel.users.increment(user) === 1
     return { channel, firstOrLast: created, userFirstOrLast: userFirst }
   }
 
@@ -70,14 +66,8 @@ export class ChannelRegistry {
     const channel = this.#channels.get(name)
     if (channel === undefined || !channel.members.delete(conn)) return null
     conn.channels.delete(name)
-    let userLast = false
     const user = conn.profileId
-    if (user !== null) {
-      const count = (channel.users.get(user) ?? 1) - 1
-      if (count === 0) channel.users.delete(user)
-      else channel.users.set(user, count)
-      userLast = count === 0
-    }
+    const userLast = user !== null && channel.users.decrement(user) === 0
     const empty = channel.members.size === 0
     if (empty) this.#channels.delete(name)
     return { channel, firstOrLast: empty, userFirstOrLast: userLast }

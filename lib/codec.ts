@@ -2,9 +2,9 @@ import { Compile } from 'typebox/compile'
 import { InboundEnvelope, ServerMessage, type InboundMessage, type OutboundMessage, type ServerMessageData } from '../schemas/envelope.js'
 import { CHANNEL_PATTERN } from '../schemas/options.js'
 import type { FastifyError } from '@fastify/error'
-import { errors } from './errors.js'
+import { errors, firstError } from './errors.js'
 
-const envelope = Compile(InboundEnvelope)
+const inboundEnvelope = Compile(InboundEnvelope)
 const serverMessage = Compile(ServerMessage)
 const channelName = new RegExp(CHANNEL_PATTERN)
 
@@ -35,9 +35,8 @@ export function decode (text: string, maxDepth: number): InboundMessage {
   } catch (err) {
     throw withRef(err as FastifyError, value)
   }
-  if (!envelope.Check(value)) {
-    const first = [...envelope.Errors(value)][0]
-    throw withRef(new errors.FST_SOCKET_BAD_REQUEST(`${first?.instancePath || 'message'} ${first?.message ?? 'has the wrong shape'}`), value)
+  if (!inboundEnvelope.Check(value)) {
+    throw withRef(new errors.FST_SOCKET_BAD_REQUEST(firstError(inboundEnvelope, value, 'message', 'has the wrong shape')), value)
   }
   return value
 }
@@ -81,8 +80,18 @@ function checkStructure (value: object, depth: number, maxDepth: number): void {
  */
 export function checkServerMessage (message: ServerMessageData): void {
   if (serverMessage.Check(message)) return
-  const first = [...serverMessage.Errors(message)][0]
-  throw new errors.FST_SOCKET_INVALID_MESSAGE(`${first?.instancePath || 'message'} ${first?.message ?? 'is invalid'}`)
+  throw new errors.FST_SOCKET_INVALID_MESSAGE(firstError(serverMessage, message, 'message', 'is invalid'))
+}
+
+/**
+ * Builds the envelope of every message the server sends, so each has the same shape (`param` null when there is
+ * none; `ref` only on an answer).
+ *
+ * @example
+ * envelope('chat-room-lobby', 'reply', { saved: true }, message.ref)
+ */
+export function envelope (channel: string, cmd: string, param: unknown, ref?: string): OutboundMessage {
+  return ref === undefined ? { channel, cmd, param: param ?? null } : { channel, cmd, param: param ?? null, ref }
 }
 
 /** Serializes an outbound message (once per broadcast; `textFrame` makes the bytes every recipient gets). */

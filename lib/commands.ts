@@ -1,7 +1,7 @@
 import { Compile } from 'typebox/compile'
 import type { TSchema, Static } from 'typebox'
 import type { FastifyBaseLogger } from 'fastify'
-import { errors } from './errors.js'
+import { errors, firstError } from './errors.js'
 import { isReserved } from './protocol.js'
 import type { Connection } from './connection.js'
 
@@ -62,8 +62,7 @@ export class CommandRegistry {
       const validator = Compile(definition.schema)
       check = (param) => {
         if (validator.Check(param)) return null
-        const first = [...validator.Errors(param)][0]
-        return `${first?.instancePath || 'param'} ${first?.message ?? 'is invalid'}`
+        return firstError(validator, param, 'param', 'is invalid')
       }
     }
     this.#commands.set(cmd, { handler: definition.handler as CommandHandler, check })

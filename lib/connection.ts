@@ -7,8 +7,7 @@ import { closeReason, isSendableCloseCode } from './protocol.js'
 import { encode } from './codec.js'
 import { framePayload, headerLength, textFrame, writeFrame } from './frame.js'
 import { TokenBucket, WindowCounter } from './limits.js'
-import type { Profile, ResolvedOptions } from './options.js'
-import type { BinaryHandler } from './act.js'
+import type { Profile, ResolvedOptions, TokenPayload } from './options.js'
 import type { Deadlined } from './deadlines.js'
 
 /** The options a connection reads: its inbound limits and its send buffer's. */
@@ -39,6 +38,9 @@ export type ConnectionStateValue = typeof ConnectionState[keyof typeof Connectio
 
 export type Metadata = Record<string, unknown>
 
+/** A route's handler of binary frames (`onBinary`); without one, a binary frame closes the connection with 1003. */
+export type BinaryHandler = (data: Buffer, connectionId: string) => void | Promise<void>
+
 /** What `app.socket.connections()` reports for each connection. */
 export interface ConnectionInfo {
   id: string
@@ -50,6 +52,18 @@ export interface ConnectionInfo {
   messagesOut: number
   bytesIn: number
   bytesOut: number
+}
+
+/** What an act handler decided (lib/act.ts): the channel the connection starts in, and who it is. */
+export interface UpgradePlan {
+  channel: string
+  ip: string
+  /** `null` when none was given. */
+  metadata: Metadata | null
+  profile: Profile | null
+  payload: TokenPayload | null
+  logger: FastifyBaseLogger
+  onBinary?: BinaryHandler | undefined
 }
 
 /** Frames that arrived while the connection was being registered, and their bytes. */

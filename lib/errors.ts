@@ -85,6 +85,23 @@ export function badRequest (reason: string): FastifyError {
   return new errors.FST_SOCKET_BAD_REQUEST(reason)
 }
 
+/** A compiled TypeBox schema, as far as its errors go. */
+interface Checked {
+  Errors (value: unknown): Iterable<{ instancePath: string, message: string }>
+}
+
+/**
+ * A failed check's first error as one line, for a coded error's message: `/param/text must be string`. `subject`
+ * stands in for the path when the value itself is wrong; `otherwise`, for a check that reports no error.
+ *
+ * @example
+ * if (!validator.Check(param)) throw new errors.FST_SOCKET_INVALID_PARAM(cmd, firstError(validator, param, 'param', 'is invalid'))
+ */
+export function firstError (checked: Checked, value: unknown, subject: string, otherwise: string): string {
+  for (const { instancePath, message } of checked.Errors(value)) return `${instancePath || subject} ${message}`
+  return `${subject} ${otherwise}`
+}
+
 /** The part of an error a client may see: its code and message, or a generic one for unexpected errors. */
 export interface ClientError { code: string, message: string }
 

@@ -1,38 +1,31 @@
 import type { RawData } from 'ws'
 import { CloseCode, errors, toClientError } from './errors.js'
-import { assertChannel, decode, type DecodeError } from './codec.js'
+import { assertChannel, decode, envelope, type DecodeError } from './codec.js'
 import { MessageContext, type CommandRegistry } from './commands.js'
-import type { Connection } from './connection.js'
-import type { BinaryHandler } from './act.js'
+import type { BinaryHandler, Connection } from './connection.js'
+import type { Cluster } from './cluster.js'
+import type { Expiry } from './expiry.js'
 import type { ResolvedOptions } from './options.js'
-import type { InboundMessage, OutboundMessage } from '../schemas/envelope.js'
-
-/** What the inbound path needs from the service: membership changes and the counted send. */
-export interface InboundHost {
-  join (conn: Connection, channel: string): Promise<void>
-  leave (conn: Connection, channel: string): Promise<void>
-  /** Sends one message to one connection and counts it; false when the connection can't take it. */
-  reply (conn: Connection, message: OutboundMessage): boolean
-  /** `auth.refresh`: checks the new token and moves the connection's expiry. */
-  refresh (conn: Connection, param: unknown): Promise<unknown>
-}
+import type { InboundMessage } from '../schemas/envelope.js'
 
 /**
  * Everything that happens to a frame a client sent: decode, the reserved commands, the membership check, the
  * application's command, and the `reply` or `error` that answers it. Nothing here throws to the socket: every
  * failure becomes a coded `error` message (or a close code), and the connection stays open where it can.
+ * Membership goes to the cluster layer and `auth.refresh` to the expiry, both below this one; answers go straight
+ * to the connection.
  */
 export class Inbound {
-  /** Frames handled since start, for `status()`. */
-  messages = 0
   readonly #options: Readonly<ResolvedOptions>
   readonly #commands: CommandRegistry
-  readonly #host: InboundHost
+  readonly #cluster: Pick<Cluster, 'join' | 'leave'>
+  readonly #expiry: Pick<Expiry, 'refresh'>
 
-  constructor (options: Readonly<ResolvedOptions>, commands: CommandRegistry, host: InboundHost) {
+  constructor (options: Readonly<ResolvedOptions>, commands: CommandRegistry, cluster: Pick<Cluster, 'join' | 'leave'>, expiry: Pick<Expiry, 'refresh'>) {
     this.#options = options
     this.#commands = commands
-    this.#host = host
+    this.#cluster = cluster
+    this.#expiry = expiry
   }
 
   /** Handles one frame of an open connection. */
@@ -40,7 +33,6 @@ export class Inbound {
     const bytes = data as Buffer
     conn.messagesIn++
     conn.bytesIn += bytes.length
-    this.messages++
     const now = Date.now()
     if (!conn.rate.take(now)) {
       if (conn.refused.hit(now)) return conn.close(CloseCode.POLICY_VIOLATION, 'message rate limit exceeded')
@@ -62,7 +54,7 @@ export class Inbound {
     }
     // `pong` is the whole answer to a ping: going through #settle would add a second one (a `reply` with the ref).
     if (message.cmd === 'ping') {
-      this.#host.reply(conn, { channel: message.channel, cmd: 'pong', param: null, ref: message.ref })
+      conn.send(envelope(message.channel, 'pong', null, message.ref))
       return
     }
     this.#answer(conn, message)
@@ -87,7 +79,7 @@ export class Inbound {
   }
 
   #settle (conn: Connection, message: InboundMessage, result: unknown): void {
-    if (message.ref !== undefined) this.#host.reply(conn, { channel: message.channel, cmd: 'reply', param: result ?? null, ref: message.ref })
+    if (message.ref !== undefined) conn.send(envelope(message.channel, 'reply', result, message.ref))
   }
 
   /** Hands a binary frame to the route's `onBinary`; what it throws becomes an `error` message. */
@@ -124,14 +116,14 @@ export class Inbound {
         if (await this.#options.authorizeChannel(conn.profile, channel) !== true) throw new errors.FST_SOCKET_FORBIDDEN(`subscribing to "${channel}"`)
         // Checked again: other subscribes of this connection may have taken the last slots while this one was
         // being authorized, and the limit must hold however many are pipelined.
-        if (this.#roomFor(conn, channel)) await this.#host.join(conn, channel)
+        if (this.#roomFor(conn, channel)) await this.#cluster.join(conn, channel)
         return { channel }
       case 'unsubscribe':
         assertChannel(channel)
-        await this.#host.leave(conn, channel)
+        await this.#cluster.leave(conn, channel)
         return { channel }
       default:
-        return await this.#host.refresh(conn, param)
+        return await this.#expiry.refresh(conn, param)
     }
   }
 
@@ -148,7 +140,7 @@ export class Inbound {
     const { exposed, ...param } = toClientError(err)
     if (exposed) conn.debug({ code: param.code }, 'message refused')
     else conn.log.error({ err }, 'command handler failed')
-    this.#host.reply(conn, { channel, cmd: 'error', param, ref })
+    conn.send(envelope(channel, 'error', param, ref))
   }
 }
 

@@ -2,6 +2,7 @@
  * Per-connection inbound limits. Both are plain counters read on each frame: no timers, nothing allocated per
  * message.
  */
+import { Tally } from './tally.js'
 
 /**
  * A token bucket: `rate` tokens a second, at most `burst` saved up. Each frame takes one.
@@ -133,7 +134,7 @@ export class WindowCounter {
  * its last connection, so the map holds only what is open.
  */
 export class ConnectionCounter {
-  readonly #counts = new Map<string, number>()
+  readonly #counts = new Tally()
   readonly #max: number
 
   /** `max` 0 means no limit (nothing is counted). */
@@ -151,15 +152,11 @@ export class ConnectionCounter {
   }
 
   add (key: string | null): void {
-    if (this.#max === 0 || key === null) return
-    this.#counts.set(key, (this.#counts.get(key) ?? 0) + 1)
+    if (this.#max !== 0 && key !== null) this.#counts.increment(key)
   }
 
   remove (key: string | null): void {
-    if (this.#max === 0 || key === null) return
-    const count = (this.#counts.get(key) ?? 1) - 1
-    if (count <= 0) this.#counts.delete(key)
-    else this.#counts.set(key, count)
+    if (this.#max !== 0 && key !== null) this.#counts.decrement(key)
   }
 }
 

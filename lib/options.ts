@@ -2,7 +2,7 @@ import { Compile } from 'typebox/compile'
 import { Value } from 'typebox/value'
 import type { Static } from 'typebox'
 import { OptionsSchema, PresenceSchema, type OptionsData } from '../schemas/options.js'
-import { errors } from './errors.js'
+import { errors, firstError } from './errors.js'
 import { resolveJwtOptions, type JwtOptions } from './jwt.js'
 import { BROKER_METHODS, isBroker, type Broker } from './broker/broker.js'
 import { MemoryBroker } from './broker/memory.js'
@@ -189,8 +189,7 @@ export function resolveOptions (input: ForgeSocketOptions = {}): Readonly<Resolv
   // path, not throw a DataCloneError.
   const data = Value.Default(OptionsSchema, Value.Clone({ ...rest, auth: authData, presence: presence.data })) as OptionsData
   if (!checker.Check(data)) {
-    const first = [...checker.Errors(data)][0]
-    throw new errors.FST_SOCKET_INVALID_OPTIONS(`${first?.instancePath || '/'} ${first?.message ?? 'is invalid'}`)
+    throw new errors.FST_SOCKET_INVALID_OPTIONS(firstError(checker, data, '/', 'is invalid'))
   }
   if (data.heartbeat.timeout >= data.heartbeat.interval) {
     throw new errors.FST_SOCKET_INVALID_OPTIONS(`/heartbeat/timeout (${data.heartbeat.timeout}) must be shorter than /heartbeat/interval (${data.heartbeat.interval})`)

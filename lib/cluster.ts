@@ -1,0 +1,293 @@
+import type { FastifyBaseLogger } from 'fastify'
+import { errors } from './errors.js'
+import { envelope } from './codec.js'
+import type { Connection } from './connection.js'
+import type { MembershipChange } from './channels.js'
+import type { DirectMessage, Hub } from './hub.js'
+import { PresenceAnnouncer, type PresenceMember } from './presence.js'
+import type { Broker, BrokerHealth, BrokerMessage, Departure, NodeReport, PresenceChange, PresenceEntry } from './broker/broker.js'
+import type { ResolvedPresence } from './options.js'
+import type { OutboundMessage } from '../schemas/envelope.js'
+
+/** What `clusterStatus()` reports: every live node's last report, and their sums. */
+export interface ClusterStatus {
+  /** `degraded` while the broker can't reach the other nodes (`nodes` is then this node alone). */
+  broker: BrokerHealth
+  nodes: NodeReport[]
+  connections: number
+  messagesIn: number
+  messagesOut: number
+}
+
+/**
+ * The broker, both ways (centrifuge's `Node`, socket.io's `ClusterAdapter`). Each operation does its local half
+ * with the hub and publishes the rest; a message from another node (`receive`) calls the same hub methods, so the
+ * remote side is never spelled twice. Channel membership lives here too, because joining a channel is a broker
+ * subscription and a presence record as well as a local set. Channel history and recovery will live here next.
+ */
+export class Cluster {
+  /** This node's id, tagged on everything it publishes. */
+  readonly nodeId: string
+  readonly #hub: Hub
+  readonly #broker: Broker
+  readonly #log: FastifyBaseLogger
+  readonly #presence: PresenceAnnouncer
+
+  constructor (nodeId: string, hub: Hub, broker: Broker, presence: Readonly<ResolvedPresence>, log: FastifyBaseLogger) {
+    this.nodeId = nodeId
+    this.#hub = hub
+    this.#broker = broker
+    this.#log = log
+    this.#presence = new PresenceAnnouncer(presence, {
+      broadcast: (channel, cmd, param, except) => { this.broadcast(envelope(channel, cmd, param), except) },
+      deliver: (channel, cmd, param) => { this.#hub.deliver(channel, envelope(channel, cmd, param), undefined) },
+      present: (channel) => this.#users(channel),
+      warn: (fields, message) => { log.warn(fields, message) }
+    })
+  }
+
+  get health (): BrokerHealth {
+    return this.#broker.health ?? 'ok'
+  }
+
+  /**
+   * Starts the broker. One that is not ready (Redis down) leaves the node degraded until it is; with `wait` > 0,
+   * the start waits that long for it, then refuses (FST_SOCKET_BROKER_UNAVAILABLE) with the broker closed.
+   */
+  async start (wait: number): Promise<void> {
+    const broker = this.#broker
+    await broker.start({
+      nodeId: this.nodeId,
+      deliver: (message) => this.receive(message),
+      log: this.#log.child({ broker: true }),
+      counts: () => this.#hub.counts(),
+      presence: () => this.#hub.presenceEntries()
+    })
+    if (wait <= 0 || broker.health !== 'degraded') return
+    let timer: NodeJS.Timeout | undefined
+    const late = new Promise<never>((_resolve, reject) => {
+      timer = setTimeout(() => reject(new errors.FST_SOCKET_BROKER_UNAVAILABLE(`not ready after ${wait} ms (waitForBroker)`)), wait)
+    })
+    try {
+      // A broker without whenReady cannot say when it is ready: the wait runs out.
+      await Promise.race([broker.whenReady?.() ?? late, late])
+    } catch (err) {
+      // The app does not start, so its onClose hooks never run: nothing of the broker's may stay open.
+      await broker.close()
+      throw err instanceof errors.FST_SOCKET_BROKER_UNAVAILABLE ? err : new errors.FST_SOCKET_BROKER_UNAVAILABLE((err as Error).message, { cause: err })
+    } finally {
+      clearTimeout(timer)
+    }
+  }
+
+  /** A channel message to its members on every node; returns how many local connections it was written to. */
+  broadcast (message: OutboundMessage, except?: string): number {
+    const delivered = this.#hub.deliver(message.channel, message, except)
+    this.#publish({ type: 'channel', origin: this.nodeId, channel: message.channel, message, except })
+    return delivered
+  }
+
+  /** A message to one connection, wherever it is; true when it is on this node and took it. */
+  sendToConnection (connectionId: string, message: DirectMessage): boolean {
+    const conn = this.#hub.get(connectionId)
+    if (conn !== undefined) return this.#hub.send(conn, message)
+    this.#publish({ type: 'connection', origin: this.nodeId, connectionId, message: { channel: message.channel, cmd: message.cmd, param: message.param ?? null } })
+    return false
+  }
+
+  /** Adds a connection on any node to a channel; true when it is on this node (once it is subscribed). */
+  async joinConnection (connectionId: string, channel: string): Promise<boolean> {
+    const conn = this.#hub.get(connectionId)
+    if (conn !== undefined) await this.join(conn, channel)
+    else await this.#publish({ type: 'join', origin: this.nodeId, connectionId, channel })
+    return conn !== undefined
+  }
+
+  /** Removes a connection on any node from a channel; true when it is on this node. */
+  async leaveConnection (connectionId: string, channel: string): Promise<boolean> {
+    const conn = this.#hub.get(connectionId)
+    if (conn !== undefined) await this.leave(conn, channel)
+    else await this.#publish({ type: 'leave', origin: this.nodeId, connectionId, channel })
+    return conn !== undefined
+  }
+
+  /** Closes a connection on any node; true when it is on this node. */
+  disconnect (connectionId: string, code: number, reason: string): boolean {
+    if (this.#hub.close(connectionId, code, reason)) return true
+    this.#publish({ type: 'disconnect', origin: this.nodeId, connectionId, code, reason })
+    return false
+  }
+
+  /** Closes a user's connections on every node; returns how many were on this one. */
+  disconnectUser (user: string, code: number, reason: string): number {
+    const closed = this.#hub.closeUser(user, code, reason)
+    this.#publish({ type: 'disconnect-user', origin: this.nodeId, user, code, reason })
+    return closed
+  }
+
+  /**
+   * Adds one of this node's connections to a channel: the hub's member, the node's broker subscription (the
+   * channel's first local member makes it; every joiner waits for it) and presence. A failed subscription leaves
+   * the channel again, announced, so nobody sits in a channel whose other nodes' messages never arrive.
+   */
+  async join (conn: Connection, channel: string): Promise<void> {
+    const change = this.#hub.join(conn, channel)
+    if (change === null) return
+    const announced = this.#announce(conn, change, 'user-joined')
+    if (change.firstOrLast) change.channel.subscribed = this.#subscribe(channel)
+    try {
+      await change.channel.subscribed
+    } catch (err) {
+      await announced
+      await this.leave(conn, channel)
+      throw err
+    }
+    await announced
+  }
+
+  /** Removes one of this node's connections from a channel; its last local member ends the subscription. */
+  async leave (conn: Connection, channel: string): Promise<void> {
+    const change = this.#hub.leave(conn, channel)
+    if (change === null) return
+    const announced = this.#announce(conn, change, 'user-left')
+    if (change.firstOrLast) await this.#broker.unsubscribe(channel)
+    await announced
+  }
+
+  /** A message from another node: the same hub methods as the operations above. */
+  receive (message: BrokerMessage): void {
+    // Its own messages, echoed back, were delivered here already; news about its own presence (it was taken for
+    // dead while frozen, and is back) is not for its members, who never saw anyone go.
+    if (message.origin === this.nodeId) return
+    switch (message.type) {
+      case 'channel':
+        this.#hub.deliver(message.channel, message.message, message.except)
+        return
+      case 'connection': {
+        const conn = this.#hub.get(message.connectionId)
+        if (conn !== undefined) this.#hub.send(conn, message.message)
+        return
+      }
+      case 'join':
+      case 'leave': {
+        const conn = this.#hub.get(message.connectionId)
+        if (conn === undefined) return
+        const change = message.type === 'join' ? this.join(conn, message.channel) : this.leave(conn, message.channel)
+        change.catch((err: unknown) => conn.log.error({ err }, `remote ${message.type} failed`))
+        return
+      }
+      case 'disconnect':
+        this.#hub.close(message.connectionId, message.code, message.reason)
+        return
+      case 'disconnect-user':
+        this.#hub.closeUser(message.user, message.code, message.reason)
+        return
+      case 'node-presence':
+        this.#nodePresence(message.node, message.joined, message.left)
+    }
+  }
+
+  /**
+   * Every live node's last report (Redis: every `nodeTtl / 3`); this node alone while the broker is unreachable
+   * or has no cluster view.
+   */
+  async status (): Promise<ClusterStatus> {
+    const broker = this.#broker
+    let nodes: NodeReport[] = [{ node: this.nodeId, ...this.#hub.counts(), at: Date.now() }]
+    if (broker.nodes !== undefined) {
+      try {
+        nodes = await broker.nodes()
+      } catch (err) {
+        this.#log.warn({ err }, 'cluster status: the other nodes could not be asked')
+      }
+    }
+    const total = (key: 'connections' | 'messagesIn' | 'messagesOut'): number => nodes.reduce((sum, node) => sum + node[key], 0)
+    return {
+      broker: this.health,
+      nodes,
+      connections: total('connections'),
+      messagesIn: total('messagesIn'),
+      messagesOut: total('messagesOut')
+    }
+  }
+
+  /** The users present in a channel on every node; this node's with a broker that has no cluster view. */
+  async presence (channel: string): Promise<PresenceEntry[]> {
+    const broker = this.#broker
+    return broker.presence === undefined ? this.#hub.presence(channel) : await broker.presence(channel)
+  }
+
+  /** Sends what presence has gathered, then closes the broker (the app's `onClose`). */
+  async stop (): Promise<void> {
+    // The other nodes' members hear this node's users leave: what is gathered goes out before the broker closes.
+    await this.#presence.flush()
+    this.#presence.stop()
+    await this.#broker.close()
+  }
+
+  /** The broker subscription as a promise, whether the broker is synchronous, asynchronous, or throws. */
+  async #subscribe (channel: string): Promise<void> {
+    await this.#broker.subscribe(channel)
+  }
+
+  #publish (message: BrokerMessage): Promise<void> | void {
+    try {
+      const result = this.#broker.publish(message)
+      if (result instanceof Promise) {
+        return result.catch((err: unknown) => { this.#log.error({ err, type: message.type }, 'broker publish failed') })
+      }
+    } catch (err) {
+      this.#log.error({ err, type: message.type }, 'broker publish failed')
+    }
+  }
+
+  /**
+   * Records the user's connection count in the channel with the broker (presence on every node) and, when that
+   * made the user present somewhere for the first time or absent everywhere, hands the change to the announcer
+   * (lib/presence.ts), which tells the channel's members in its next round. Without a cluster view, or while the
+   * broker is unreachable, this node's members decide. Never rejects.
+   */
+  async #announce (conn: Connection, change: MembershipChange, cmd: 'user-joined' | 'user-left'): Promise<void> {
+    const user = conn.profileId
+    if (user === null) return
+    const { name, users } = change.channel
+    let cluster: PresenceChange = change.userFirstOrLast ? (cmd === 'user-joined' ? 'joined' : 'left') : null
+    let present: number | null = null
+    if (this.#broker.setPresence !== undefined) {
+      try {
+        // The count is read now, before any await, so concurrent changes are recorded in the order they happened.
+        const update = await this.#broker.setPresence(name, user, users.get(user) ?? 0)
+        if (update !== null && typeof update === 'object') ({ change: cluster, users: present } = update)
+        else cluster = update
+      } catch (err) {
+        conn.log.warn({ err, channel: name }, 'presence not recorded with the broker: this node decides')
+      }
+    }
+    if (cluster === null) return
+    // The cap counts every node's users where the broker knows them, else this node's.
+    this.#presence.change(name, { user, connectionId: conn.id }, cluster, present ?? this.#hub.channel(name)?.users.size ?? 0)
+  }
+
+  /** The users of a channel on every node, for the presence announcer's check; null without a cluster view. */
+  async #users (channel: string): Promise<ReadonlySet<string> | null> {
+    const broker = this.#broker
+    if (broker.presence === undefined || broker.health === 'degraded') return null
+    return new Set((await broker.presence(channel)).map((entry) => entry.user))
+  }
+
+  /** A node's users, gone with it or back: each channel of this node hears about them in one round. */
+  #nodePresence (node: string, joined: Departure[], left: Departure[]): void {
+    const byChannel = new Map<string, { joins: PresenceMember[], leaves: PresenceMember[] }>()
+    for (const [list, key] of [[joined, 'joins'], [left, 'leaves']] as const) {
+      for (const { channel, user } of list) {
+        let entry = byChannel.get(channel)
+        if (entry === undefined) byChannel.set(channel, (entry = { joins: [], leaves: [] }))
+        entry[key].push({ user, node })
+      }
+    }
+    for (const [channel, { joins, leaves }] of byChannel) {
+      const local = this.#hub.channel(channel)
+      if (local !== undefined) this.#presence.nodeChange(channel, joins, leaves, local.users.size)
+    }
+  }
+}

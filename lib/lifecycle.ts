@@ -1,0 +1,292 @@
+import { randomUUID } from 'node:crypto'
+import type { Duplex } from 'node:stream'
+import type { FastifyBaseLogger } from 'fastify'
+import type { RawData, WebSocket } from 'ws'
+import { CloseCode, errors, withRetryAfter } from './errors.js'
+import { envelope } from './codec.js'
+import { Connection, ConnectionState, type UpgradePlan } from './connection.js'
+import { Heartbeat } from './heartbeat.js'
+import { ConnectionCounter, RateByKey, addressBlock } from './limits.js'
+import { kConnection, kLifecycle } from './symbols.js'
+import type { Hub } from './hub.js'
+import type { Cluster } from './cluster.js'
+import type { Expiry } from './expiry.js'
+import type { Inbound } from './inbound.js'
+import type { ResolvedOptions } from './options.js'
+
+export type OpenHook = (conn: Connection) => void | Promise<void>
+export type CloseHook = (conn: Connection, code: number) => void | Promise<void>
+
+/** Frames that may wait while a connection is being registered; more than this is abuse (1008). */
+const MAX_PENDING_FRAMES = 256
+/** …and the bytes they may hold, in frames of `maxPayload`. */
+const MAX_PENDING_PAYLOADS = 4
+
+/** `Retry-After` of a refusal for too many open connections: when one of them closes can't be known. */
+const FULL_RETRY_AFTER = 5000
+
+/** A socket this node accepted: it knows its connection and the lifecycle its events go to. */
+type TaggedSocket = WebSocket & { [kConnection]?: Connection, [kLifecycle]?: Lifecycle }
+
+// The socket listeners, one of each for every socket (as ws's own `socketOnClose`, `receiverOnPong`…): `this` is
+// the socket, which knows its connection and lifecycle. They are registered only once both are set.
+
+function socketOnMessage (this: TaggedSocket, data: RawData, isBinary: boolean): void {
+  (this[kLifecycle] as Lifecycle).message(this[kConnection] as Connection, data, isBinary)
+}
+
+function socketOnPong (this: TaggedSocket): void {
+  (this[kConnection] as Connection).awaitingPong = false
+}
+
+function socketOnPing (this: TaggedSocket): void {
+  (this[kConnection] as Connection).pinged()
+}
+
+function socketOnClose (this: TaggedSocket, code: number): void {
+  (this[kLifecycle] as Lifecycle).closed(this[kConnection] as Connection, code)
+}
+
+/** Replaces @fastify/websocket's default error listener (log, terminate) without keeping the request alive. */
+function socketOnError (this: TaggedSocket, err: Error): void {
+  // A socket refused in `accept` has no connection. ws's own WS_ERR_* errors are the peer breaking the protocol
+  // (too big, bad UTF-8, too many fragments): ws has closed it with the matching code, and one line per such
+  // client at error level would let any client write the log full.
+  const conn = this[kConnection]
+  const code = (err as { code?: unknown }).code
+  if (typeof code === 'string' && code.startsWith('WS_ERR_')) {
+    const fields = { code, message: err.message }
+    if (conn !== undefined) conn.debug(fields, 'socket closed: the client broke the protocol')
+    else (this[kLifecycle] as Lifecycle).log.debug(fields, 'socket closed: the client broke the protocol')
+  } else {
+    (conn?.log ?? (this[kLifecycle] as Lifecycle).log).error({ err }, 'socket error')
+  }
+  this.terminate()
+}
+
+/** What a lifecycle works with: the layers below it, and the options it reads. */
+export interface LifecycleParts {
+  hub: Hub
+  cluster: Cluster
+  inbound: Inbound
+  expiry: Expiry
+  options: Readonly<ResolvedOptions>
+  log: FastifyBaseLogger
+  /**
+   * forge-socket registered @fastify/websocket itself (with its default error handler), so the upgraded socket's
+   * error listener may be replaced by one that keeps no request alive.
+   */
+  ownWebsocket: boolean
+}
+
+/**
+ * A connection's life on this node, from the admission check before the upgrade to its last close hook: accept
+ * (the socket's listeners, before any await), open (the home channel, `onOpen` hooks, the frames that waited),
+ * close (its channels left, `onClose` hooks), and the node's drain and stop.
+ */
+export class Lifecycle {
+  readonly log: FastifyBaseLogger
+  readonly #hub: Hub
+  readonly #cluster: Cluster
+  readonly #inbound: Inbound
+  readonly #expiry: Expiry
+  readonly #options: Readonly<ResolvedOptions>
+  readonly #ownWebsocket: boolean
+  readonly #heartbeat: Heartbeat
+  readonly #openHooks: OpenHook[] = []
+  readonly #closeHooks: CloseHook[] = []
+  readonly #perIp: ConnectionCounter
+  readonly #perUser: ConnectionCounter
+  readonly #ratePerIp: RateByKey
+  readonly #ratePerUser: RateByKey
+  /** Close paths still leaving channels and running onClose hooks; shutdown waits for them. */
+  readonly #closePaths = new Set<Promise<void>>()
+  #closing = false
+  #drained: (() => void) | null = null
+
+  constructor ({ hub, cluster, inbound, expiry, options, log, ownWebsocket }: LifecycleParts) {
+    this.#hub = hub
+    this.#cluster = cluster
+    this.#inbound = inbound
+    this.#expiry = expiry
+    this.#options = options
+    this.log = log
+    this.#ownWebsocket = ownWebsocket
+    this.#perIp = new ConnectionCounter(options.connectionLimits.perIp)
+    this.#perUser = new ConnectionCounter(options.connectionLimits.perUser)
+    const { ratePerIp, ratePerUser, burst } = options.connectionLimits
+    this.#ratePerIp = new RateByKey(ratePerIp, burst)
+    this.#ratePerUser = new RateByKey(ratePerUser, burst)
+    this.#heartbeat = new Heartbeat(() => hub.all(), options.heartbeat.interval, options.heartbeat.timeout)
+  }
+
+  /** True once the drain has begun: new upgrades are refused (503). */
+  get closing (): boolean {
+    return this.#closing
+  }
+
+  onOpen (hook: OpenHook): void {
+    this.#openHooks.push(hook)
+  }
+
+  onClose (hook: CloseHook): void {
+    this.#closeHooks.push(hook)
+  }
+
+  start (): void {
+    this.#heartbeat.start()
+  }
+
+  /**
+   * The admission check, before the upgrade, for an IP address (before the token: this refusal needs none) or a
+   * user (after it): its open connections (429, try again in a few seconds: when one closes is anyone's guess) and
+   * its new connections a second (429, when the next is allowed). Every attempt counts against the rate, refused
+   * or not, so a loop of refused attempts stays refused. An IP's rate counts its address block (IPv6 by /64).
+   */
+  admit (what: 'IP address' | 'user', key: string | null | undefined): void {
+    const [open, rate, rateKey] = what === 'user'
+      ? [this.#perUser, this.#ratePerUser, key ?? null]
+      : [this.#perIp, this.#ratePerIp, addressBlock(key ?? undefined)]
+    const wait = rate.take(rateKey, Date.now())
+    if (wait > 0) throw withRetryAfter(new errors.FST_SOCKET_CONNECTION_RATE_LIMITED(what), wait)
+    if (!open.allows(key ?? null)) throw withRetryAfter(new errors.FST_SOCKET_TOO_MANY_CONNECTIONS(what), FULL_RETRY_AFTER)
+  }
+
+  /** Takes an upgraded socket: a Connection, listening before any await, told `connected`, then opened. */
+  accept (socket: WebSocket, plan: UpgradePlan, stream: Duplex | null): void {
+    const tagged = socket as TaggedSocket
+    tagged[kLifecycle] = this
+    if (this.#ownWebsocket) {
+      socket.removeAllListeners('error')
+      socket.on('error', socketOnError)
+    }
+    // An act handler that was still running when app.close() began: its upgrade completes, and is told to go.
+    if (this.#closing) return socket.close(CloseCode.GOING_AWAY, 'server shutting down')
+    // Checked before the upgrade too (429); here again for upgrades that raced each other past that check.
+    const user = plan.profile?.id ?? null
+    if (!this.#perIp.allows(plan.ip) || !this.#perUser.allows(user)) return socket.close(CloseCode.TRY_AGAIN_LATER, 'too many connections')
+    this.#perIp.add(plan.ip)
+    this.#perUser.add(user)
+    const id = randomUUID()
+    const conn = new Connection({
+      id,
+      socket,
+      stream,
+      profile: plan.profile,
+      metadata: plan.metadata,
+      home: plan.channel,
+      ip: plan.ip,
+      log: plan.logger,
+      onBinary: plan.onBinary,
+      limits: this.#options
+    })
+    // Listeners go on before any await, so frames that arrive while the connection is registered wait in
+    // `pending` instead of being lost.
+    tagged[kConnection] = conn
+    socket.on('message', socketOnMessage)
+    socket.on('pong', socketOnPong)
+    socket.on('ping', socketOnPing)
+    socket.on('close', socketOnClose)
+    this.#hub.add(conn)
+    this.#expiry.arm(conn, plan.payload?.exp)
+    // Through the upgrade's logger: the connection's own is made only when something logs through it.
+    plan.logger.debug({ connId: id, channel: plan.channel }, 'connection open')
+    conn.send(envelope(plan.channel, 'connected', { connectionId: id, channels: [plan.channel] }))
+    void this.#open(conn)
+  }
+
+  /** A frame from a connection's socket: handled when it is open, kept in `pending` while it opens. */
+  message (conn: Connection, data: RawData, isBinary: boolean): void {
+    conn.awaitingPong = false
+    if (conn.state === ConnectionState.OPEN) return this.#inbound.handle(conn, data, isBinary)
+    // Once a close has started, frames still in flight are dropped: none may jump ahead of `pending` (after a
+    // 1008 for too many frames) or run handlers for a connection the server is closing.
+    if (conn.state !== ConnectionState.OPENING) return
+    const pending = (conn.pending ??= { frames: [], bytes: 0 })
+    pending.bytes += (data as Buffer).length
+    if (pending.frames.length >= MAX_PENDING_FRAMES || pending.bytes > this.#options.maxPayload * MAX_PENDING_PAYLOADS) {
+      return conn.close(CloseCode.POLICY_VIOLATION, 'too many frames before open')
+    }
+    pending.frames.push([data, isBinary])
+  }
+
+  /** The socket closed, whatever closed it: the connection is forgotten now, its channels and hooks follow. */
+  closed (conn: Connection, code: number): void {
+    const path = this.#release(conn, code)
+    this.#closePaths.add(path)
+    void path.finally(() => this.#closePaths.delete(path))
+  }
+
+  /**
+   * Graceful shutdown (from the app's `preClose`): refuses new upgrades (503), closes every connection with 1001,
+   * waits for them up to `shutdownTimeout`, then terminates the rest.
+   */
+  async drain (): Promise<void> {
+    this.#closing = true
+    this.#heartbeat.stop()
+    if (this.#hub.size === 0) return
+    const drained = new Promise<void>((resolve) => { this.#drained = resolve })
+    for (const conn of this.#hub.all()) conn.close(CloseCode.GOING_AWAY, 'server shutting down')
+    const deadline = setTimeout(() => {
+      // One line for all of them: a shutdown with thousands of stragglers must not write thousands of warnings.
+      this.log.warn({ connections: this.#hub.size }, 'connections still open at the shutdown deadline: terminating')
+      for (const conn of this.#hub.all()) conn.terminate()
+    }, this.#options.shutdownTimeout)
+    await drained
+    clearTimeout(deadline)
+    await Promise.all(this.#closePaths)
+  }
+
+  /** Stops the timers and waits for the close paths still running (from the app's `onClose`). */
+  async stop (): Promise<void> {
+    this.#heartbeat.stop()
+    this.#expiry.clear()
+    await Promise.all(this.#closePaths)
+  }
+
+  async #open (conn: Connection): Promise<void> {
+    try {
+      await this.#cluster.join(conn, conn.home)
+      for (const hook of this.#openHooks) {
+        // A connection that closed meanwhile has had its onClose hooks (or will): no onOpen may run after them.
+        if (conn.state !== ConnectionState.OPENING) return
+        await hook(conn)
+      }
+    } catch (err) {
+      conn.log.error({ err }, 'connection setup failed')
+      conn.close(CloseCode.INTERNAL_ERROR, 'internal error')
+      return
+    }
+    if (conn.state !== ConnectionState.OPENING) return
+    conn.state = ConnectionState.OPEN
+    const pending = conn.pending
+    conn.pending = null
+    for (const [data, isBinary] of pending?.frames ?? []) this.#inbound.handle(conn, data, isBinary)
+  }
+
+  async #release (conn: Connection, code: number): Promise<void> {
+    conn.state = ConnectionState.CLOSED
+    this.#hub.remove(conn)
+    this.#perIp.remove(conn.ip)
+    this.#perUser.remove(conn.profileId)
+    this.#expiry.delete(conn)
+    conn.debug({ code }, 'connection closed')
+    if (this.#hub.size === 0) this.#drained?.()
+    // Each step fails alone: a broker error must not keep the connection in its other channels (a leak), and one
+    // application hook must not stop the others.
+    await Promise.all([...conn.channels].map(async (channel) => {
+      try {
+        await this.#cluster.leave(conn, channel)
+      } catch (err) {
+        conn.log.error({ err, channel }, 'leaving a channel failed')
+      }
+    }))
+    for (const hook of this.#closeHooks) {
+      try {
+        await hook(conn, code)
+      } catch (err) {
+        conn.log.error({ err }, 'close hook failed')
+      }
+    }
+  }
+}
