@@ -1,7 +1,10 @@
 import type { FastifyBaseLogger, FastifyError, FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import fastifyJwt, { type FastifyJWTOptions, type JWT, type TokenOrHeader } from '@fastify/jwt'
 import { errors, toClientError } from './errors.js'
-import type { ResolvedOptions, TokenPayload } from './options.js'
+import type { OptionsData } from '../schemas/options.js'
+
+/** Claims of a verified token, as @fastify/jwt decodes them. */
+export type TokenPayload = Record<string, unknown>
 
 /** A key as @fastify/jwt takes it: an HS* secret, or a PEM key. */
 export type JwtKey = string | Buffer
@@ -59,7 +62,7 @@ type RequestVerify = (this: object, options: VerifyOptions | undefined, callback
 
 interface VerifyOptions {
   extractToken: () => string | undefined
-  algorithms: ResolvedOptions['auth']['algorithms']
+  algorithms: OptionsData['auth']['algorithms']
 }
 
 /**
@@ -331,13 +334,19 @@ export class JwtVerifier {
   }
 }
 
+/** What `registerJwt` reads of the resolved options. */
+export interface JwtSettings {
+  auth: { namespace?: string | undefined, algorithms: OptionsData['auth']['algorithms'] }
+  jwt: Readonly<JwtOptions> | undefined
+}
+
 /**
  * Registers @fastify/jwt with the `jwt` options unless the app registered it (or the namespace `auth.namespace`),
  * and checks that the verify method forge-socket will call exists. That method is always the one @fastify/jwt
  * names, `jwtVerify` or `<namespace>JwtVerify`: any other request method (`jwtDecode` does not verify) would let
  * forged tokens through.
  */
-export async function registerJwt (app: FastifyInstance, options: Readonly<ResolvedOptions>): Promise<JwtVerifier> {
+export async function registerJwt (app: FastifyInstance, options: Readonly<JwtSettings>): Promise<JwtVerifier> {
   const { namespace, algorithms } = options.auth
   const registered = app.hasDecorator('jwt') && decoratorOf(app, namespace) !== undefined
   const method = namespace === undefined ? 'jwtVerify' : `${namespace}JwtVerify`
