@@ -4,7 +4,8 @@ import { Hub } from '../lib/hub.js'
 import { ConnectionState } from '../lib/connection.js'
 import { recordedConnection } from './helpers/connections.js'
 
-t.test('deliver writes one envelope to every member but the one excepted, numbering what all of them get', async (t) => {
+/** A hub with ann's connection `a` and bob's `b`, both in 'room'. */
+function annAndBobInRoom (): { hub: Hub, a: ReturnType<typeof recordedConnection>, b: ReturnType<typeof recordedConnection> } {
   const hub = new Hub()
   const a = recordedConnection('a', 'ann')
   const b = recordedConnection('b', 'bob')
@@ -12,6 +13,11 @@ t.test('deliver writes one envelope to every member but the one excepted, number
     hub.add(conn)
     hub.join(conn, 'room')
   }
+  return { hub, a, b }
+}
+
+t.test('deliver writes one envelope to every member but the one excepted, numbering what all of them get', async (t) => {
+  const { hub, a, b } = annAndBobInRoom()
   t.equal(hub.deliver('room', { channel: 'room', cmd: 'hi', param: 1 }, undefined), 2)
   t.equal(hub.deliver('room', { channel: 'room', cmd: 'typing', param: null }, 'a'), 1)
   t.equal(hub.deliver('room', { channel: 'room', cmd: 'hi', param: 2 }, undefined), 2)
@@ -65,13 +71,7 @@ t.test('send defaults to the home channel; close and closeUser close only what i
 })
 
 t.test('counts are the connections\' own, and outlive the connections', async (t) => {
-  const hub = new Hub()
-  const a = recordedConnection('a', 'ann')
-  const b = recordedConnection('b', 'bob')
-  for (const { conn } of [a, b]) {
-    hub.add(conn)
-    hub.join(conn, 'room')
-  }
+  const { hub, a, b } = annAndBobInRoom()
   hub.deliver('room', { channel: 'room', cmd: 'hi', param: null }, undefined)
   a.conn.messagesIn = 3
   t.same(hub.counts(), { connections: 2, channels: 1, messagesIn: 3, messagesOut: 2 })
