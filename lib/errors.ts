@@ -50,21 +50,9 @@ export const errors = {
 
 export type ErrorCode = keyof typeof errors
 
-/** Close codes the server sends, named after what they mean (docs/protocol.md). */
-export const CloseCode = {
-  NORMAL: 1000,
-  GOING_AWAY: 1001,
-  UNSUPPORTED_DATA: 1003,
-  INVALID_PAYLOAD: 1007,
-  POLICY_VIOLATION: 1008,
-  MESSAGE_TOO_BIG: 1009,
-  INTERNAL_ERROR: 1011,
-  TRY_AGAIN_LATER: 1013,
-  STOP: 4000,
-  UNAUTHORIZED: 4001,
-  FORBIDDEN: 4003,
-  SLOW_CONSUMER: 4008
-} as const
+// Close codes, named after what they mean (docs/protocol.md): one table for the server and the client, kept in the
+// client's folder because the browser loads the client alone.
+export { CloseCode } from './client/close-codes.js'
 
 /**
  * Sets an upgrade refusal's `Retry-After` (whole seconds, at least 1): Fastify's error handler sends an error's

@@ -28,3 +28,66 @@ export function backoffDelay (attempt: number, options: BackoffOptions, overload
   const ceiling = Math.min(options.maxDelay, options.initialDelay * options.factor ** steps)
   return Math.round(ceiling * (1 - options.jitter * random()))
 }
+
+/**
+ * The reconnection attempts in a row: how many there were, whether another may be made (`reconnect.maxAttempts`),
+ * and the one timer of the next. `reconnect: false` makes none.
+ */
+export class Retries {
+  readonly #backoff: BackoffOptions | null
+  readonly #maxAttempts: number
+  #attempts = 0
+  #timer: ReturnType<typeof setTimeout> | undefined
+
+  constructor (reconnect: (Partial<BackoffOptions> & { maxAttempts?: number }) | false | undefined) {
+    this.#backoff = reconnect === false ? null : { ...DEFAULT_BACKOFF, ...reconnect }
+    this.#maxAttempts = (reconnect === false ? undefined : reconnect?.maxAttempts) ?? Infinity
+  }
+
+  /** False with `reconnect: false`. */
+  get enabled (): boolean {
+    return this.#backoff !== null
+  }
+
+  /** Attempts made in a row since the last stable connection. */
+  get attempts (): number {
+    return this.#attempts
+  }
+
+  /** `maxAttempts` reached: no more. */
+  get exhausted (): boolean {
+    return this.#attempts >= this.#maxAttempts
+  }
+
+  /**
+   * Runs `attempt` after the backoff delay plus the server's Retry-After (ms), if it gave one; returns the delay.
+   * Added, not the larger of the two: clients refused at the same moment with the same Retry-After would otherwise
+   * all come back at the same instant; the backoff's jitter spreads them.
+   */
+  schedule (overloaded: boolean, retryAfter: number, attempt: () => void): number {
+    const delay = retryAfter + backoffDelay(this.#attempts++, this.#backoff ?? DEFAULT_BACKOFF, overloaded)
+    this.#timer = setTimeout(() => {
+      this.#timer = undefined
+      attempt()
+    }, delay)
+    return delay
+  }
+
+  /** Runs the scheduled attempt now instead of after its delay; false when none is scheduled. */
+  now (attempt: () => void): boolean {
+    if (this.#timer === undefined) return false
+    this.cancel()
+    attempt()
+    return true
+  }
+
+  /** A connection stayed up: the next drop starts again from the first delay. */
+  reset (): void {
+    this.#attempts = 0
+  }
+
+  cancel (): void {
+    clearTimeout(this.#timer)
+    this.#timer = undefined
+  }
+}

@@ -1,3 +1,10 @@
+/**
+ * The close policy: what the client does after a close or a refused upgrade, and the error it reports for it.
+ */
+import { CloseCode } from './close-codes.js'
+import type { Seen } from './connect.js'
+import { ClientErrorCode, SocketError } from './errors.js'
+
 /** What the client does after the server closed the connection. */
 export type CloseAction = 'stop' | 'reconnect' | 'reconnect-slowly' | 'refresh-token'
 
@@ -8,13 +15,13 @@ export type CloseAction = 'stop' | 'reconnect' | 'reconnect-slowly' | 'refresh-t
  */
 export function closeAction (code: number): CloseAction {
   switch (code) {
-    case 1000:
-    case 4000:
-    case 4003:
+    case CloseCode.NORMAL:
+    case CloseCode.STOP:
+    case CloseCode.FORBIDDEN:
       return 'stop'
-    case 4001:
+    case CloseCode.UNAUTHORIZED:
       return 'refresh-token'
-    case 1013:
+    case CloseCode.TRY_AGAIN_LATER:
       return 'reconnect-slowly'
     default:
       return 'reconnect'
@@ -38,4 +45,33 @@ export function refusalAction (status: number): CloseAction {
   if (status === 429 || status === 503) return 'reconnect-slowly'
   if (status === 408 || (status >= 500 && status <= 599)) return 'reconnect'
   return 'stop'
+}
+
+/** The close code of a connection lost without a close frame: never sent by anyone, so not a `CloseCode`. */
+export const ABNORMAL_CLOSURE = 1006
+
+/** What follows a close: the action, the error it is reported as, and the wait the server asked for (ms, 0 without one). */
+export interface CloseOutcome {
+  action: CloseAction
+  error: SocketError
+  /** Reported even when the client goes on: a refusal or a failed handshake is news; a reconnection after a close is not. */
+  always: boolean
+  retryAfter: number
+}
+
+/** The outcome of a close with `code` and `reason`, after what the attempt had `seen`. */
+export function closeOutcome (code: number, reason: string, seen: Seen): CloseOutcome {
+  const refusal = seen.refusal
+  if (refusal !== null) {
+    const { status, serverCode } = refusal
+    const error = new SocketError(ClientErrorCode.UPGRADE_REFUSED, `The server refused the upgrade with HTTP ${status}${serverCode === undefined ? '' : ` (${serverCode})`}`, undefined, { status, serverCode })
+    return { action: refusalAction(status), error, always: true, retryAfter: refusal.retryAfter }
+  }
+  if (code === ABNORMAL_CLOSURE && !seen.greeted) {
+    // All a browser shows of a refused upgrade (401, 403, 429…) as well as of a server that is down.
+    const cause = seen.failure.length > 0 ? seen.failure : reason.length > 0 ? reason : 'refused, or unreachable'
+    return { action: 'reconnect', error: new SocketError(ClientErrorCode.HANDSHAKE_FAILED, `The connection could not be established (${cause})`, code), always: true, retryAfter: 0 }
+  }
+  const error = new SocketError(ClientErrorCode.CONNECTION_CLOSED, `The server closed the connection (${code}${reason.length > 0 ? `: ${reason}` : ''})`, code)
+  return { action: closeAction(code), error, always: false, retryAfter: 0 }
 }

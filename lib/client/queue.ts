@@ -1,3 +1,5 @@
+import { ClientErrorCode, SocketError } from './errors.js'
+
 /** Bounds of the queue that holds messages sent while the socket is not open. */
 export interface QueueOptions {
   /** Most messages held. Default 1000. */
@@ -27,11 +29,11 @@ export interface Queued {
 /** Why a message was dropped. */
 export type DropReason = 'overflow' | 'expired' | 'too-large' | 'closed'
 
-/** Thrown by `push` when the policy is 'error' and the queue is full. */
-export class QueueFullError extends Error {
-  readonly code = 'FST_SOCKET_QUEUE_FULL'
+/** Thrown by `push` when the policy is 'error' and the queue is full: a SocketError, like every error of the client. */
+export class QueueFullError extends SocketError {
+  declare readonly code: typeof ClientErrorCode.QUEUE_FULL
   constructor (max: number, maxBytes: number) {
-    super(`The send queue is full (${max} messages or ${maxBytes} bytes)`)
+    super(ClientErrorCode.QUEUE_FULL, `The send queue is full (${max} messages or ${maxBytes} bytes)`)
   }
 }
 

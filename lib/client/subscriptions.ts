@@ -1,4 +1,5 @@
-import { SocketError, type WebSocketLike } from './types.js'
+import { ClientErrorCode, SocketError } from './errors.js'
+import type { WebSocketLike } from './types.js'
 
 /** The server's answer to `subscribe` and `unsubscribe`. */
 export interface SubscribeAnswer {
@@ -69,7 +70,7 @@ export class Subscriptions {
 
   /** `socket.subscribe()`: see its doc comment. */
   subscribe (channel: string, timeout: number): Promise<SubscribeAnswer> {
-    if (this.#host.closed()) return Promise.reject(new SocketError('FST_SOCKET_CONNECTION_CLOSED', 'The socket is closed', undefined, { channel }))
+    if (this.#host.closed()) return Promise.reject(new SocketError(ClientErrorCode.CONNECTION_CLOSED, 'The socket is closed', undefined, { channel }))
     // Sent before the unsubscribe of the same channel is answered, the subscribe could be undone by it.
     const leaving = this.#leaving.get(channel)
     if (leaving !== undefined) return leaving.then(() => this.subscribe(channel, timeout))
@@ -90,7 +91,7 @@ export class Subscriptions {
   unsubscribe (channel: string, timeout: number | undefined): Promise<SubscribeAnswer> {
     const sub = this.#byChannel.get(channel)
     if (sub !== undefined) {
-      this.#drop(sub, new SocketError('FST_SOCKET_SUBSCRIBE_CANCELLED', `unsubscribe("${channel}") was called before the server answered the subscribe`, undefined, { channel }))
+      this.#drop(sub, new SocketError(ClientErrorCode.SUBSCRIBE_CANCELLED, `unsubscribe("${channel}") was called before the server answered the subscribe`, undefined, { channel }))
     }
     if (this.#host.connection() === null) return Promise.resolve({ channel })
     const leave = (): Promise<SubscribeAnswer> => this.#host.leave(channel, timeout)
@@ -157,11 +158,11 @@ export class Subscriptions {
    */
   #refused (sub: Subscription, err: SocketError): void {
     // Closed for good, `clear` has already rejected the waiters.
-    if (err.code === 'FST_SOCKET_CONNECTION_CLOSED') return
+    if (err.code === ClientErrorCode.CONNECTION_CLOSED) return
     const again = sub.confirmed && this.#byChannel.get(sub.channel) === sub
     this.#drop(sub, new SocketError(err.code, err.message, undefined, { channel: sub.channel }))
     if (again) {
-      this.#host.report(new SocketError('FST_SOCKET_RESUBSCRIBE_REFUSED', `Subscribing to "${sub.channel}" again after a reconnection was refused: ${err.message}`, undefined, { channel: sub.channel, serverCode: err.code }))
+      this.#host.report(new SocketError(ClientErrorCode.RESUBSCRIBE_REFUSED, `Subscribing to "${sub.channel}" again after a reconnection was refused: ${err.message}`, undefined, { channel: sub.channel, serverCode: err.code }))
     }
   }
 

@@ -1,0 +1,103 @@
+/**
+ * What the socket sends: messages and requests, framed, sent at once on an open connection, else held in the
+ * bounded queue until the next connection is set up; and the subscribes of a connection's setup, sent ahead of the
+ * queue. Nothing is lost silently: a dropped message rejects its request, or is reported.
+ */
+import type { Reporter } from './emitter.js'
+import { ClientErrorCode, SocketError } from './errors.js'
+import type { SocketOptions } from './options.js'
+import { DEFAULT_QUEUE, OutboundQueue, type DropReason, type Queued } from './queue.js'
+import type { Requests } from './requests.js'
+import type { WebSocketLike } from './types.js'
+
+/** What the outbox needs from the Socket. */
+export interface OutboxHost {
+  /** The open connection, or null: then a message is queued. */
+  open (): WebSocketLike | null
+  /** The socket is closed for good: then a message is dropped at once. */
+  closed (): boolean
+}
+
+export class Outbox {
+  readonly #queue: OutboundQueue
+  readonly #requests: Requests
+  readonly #out: Reporter
+  readonly #host: OutboxHost
+
+  constructor (options: Pick<SocketOptions, 'queue'>, requests: Requests, out: Reporter, host: OutboxHost) {
+    this.#queue = new OutboundQueue({ ...DEFAULT_QUEUE, ...options.queue }, (item, reason) => this.#dropped(item, reason))
+    this.#requests = requests
+    this.#out = out
+    this.#host = host
+  }
+
+  /** How many messages wait in the queue. */
+  get length (): number {
+    return this.#queue.length
+  }
+
+  /** Whether the request with `ref` waits in the queue, never sent. */
+  has (ref: string): boolean {
+    return this.#queue.has(ref)
+  }
+
+  /** Sends now if open, else queues (throws QueueFullError under the 'error' policy); true when it went out at once. */
+  send (channel: string, cmd: string, param: unknown, ref: string | undefined): boolean {
+    const data = JSON.stringify(ref === undefined ? { channel, cmd, param: param ?? null } : { channel, cmd, param: param ?? null, ref })
+    if (this.#host.closed()) {
+      this.#dropped({ data, bytes: data.length, at: Date.now(), ref }, 'closed')
+      return false
+    }
+    const ws = this.#host.open()
+    if (ws !== null) {
+      ws.send(data)
+      this.#out.log(`send ${channel}:${cmd}`)
+      return true
+    }
+    this.#queue.push(data, ref)
+    this.#out.log(`queue ${channel}:${cmd} (${this.#queue.length} queued)`)
+    return false
+  }
+
+  /** `socket.request()`: see its doc comment. */
+  request<T> (channel: string, cmd: string, param: unknown, timeout: number): Promise<T> {
+    const ref = this.#requests.ref()
+    const answer = this.#requests.expect<T>(ref, cmd, timeout)
+    try {
+      this.send(channel, cmd, param, ref)
+    } catch (err) {
+      // A full queue under the 'error' policy: `send` throws it, a request is rejected with it.
+      this.#requests.settle(ref, err as SocketError)
+    }
+    return answer
+  }
+
+  /** Sends `subscribe` for `channel` on `ws` now, outside the queue; a promise of the answer, timed out only with `timeout`. */
+  subscribe (ws: WebSocketLike, channel: string, timeout: number | undefined): Promise<unknown> {
+    const ref = this.#requests.ref()
+    const answer = this.#requests.expect(ref, 'subscribe', timeout)
+    ws.send(JSON.stringify({ channel, cmd: 'subscribe', param: null, ref }))
+    this.#out.log(`send ${channel}:subscribe`)
+    return answer
+  }
+
+  /** Sends what was queued on `ws`, in order. */
+  flush (ws: WebSocketLike): void {
+    const items = this.#queue.drain()
+    if (items.length > 0) this.#out.log(`flush ${items.length} queued`)
+    // A request that timed out while queued was already answered "timeout": it must not run on the server later.
+    for (const item of items) if (item.ref === undefined || this.#requests.has(item.ref)) ws.send(item.data)
+  }
+
+  /** The socket closed for good: every queued message is dropped. */
+  clear (): void {
+    this.#queue.clear('closed')
+  }
+
+  #dropped (item: Queued, reason: DropReason): void {
+    const error = new SocketError(ClientErrorCode.MESSAGE_DROPPED, `A message was dropped (${reason}) before it could be sent`)
+    this.#out.log(`drop (${reason})`)
+    if (item.ref !== undefined && this.#requests.has(item.ref)) this.#requests.settle(item.ref, error)
+    else this.#out.report(error)
+  }
+}
