@@ -7,7 +7,7 @@ import fastifyJwt from '@fastify/jwt'
 import fastifyCookie from '@fastify/cookie'
 import forgeSocket, { SUBPROTOCOL, forbidden, type ForgeSocketOptions, type Profile } from '../plugin.js'
 import { selectProtocol, stripQueryToken } from '../lib/auth.js'
-import { SECRET, build, listen, sign, connect, refused, Client } from './helpers/server.js'
+import { SECRET, build, closes, idOf, listen, sign, connect, refused, Client } from './helpers/server.js'
 
 function base64url (value: unknown): string {
   return Buffer.from(JSON.stringify(value)).toString('base64url')
@@ -374,16 +374,15 @@ t.test('neither a jwt option nor @fastify/jwt → FST_SOCKET_INVALID_OPTIONS', a
 })
 
 t.test('a token that expires during the connection closes it with 4001', async (t) => {
-  let serverSide: (code: number) => void = () => {}
-  const serverClosed = new Promise<number>((resolve) => { serverSide = resolve })
-  const { app, base } = await start(t, { auth: { expiryGrace: 0 } }, (app) => app.socket.onClose((_conn, code) => serverSide(code)))
+  const { app, base } = await start(t, { auth: { expiryGrace: 0 } })
+  const onServer = closes(app)
   // fast-jwt's exp is in seconds; +2 leaves at least one second to connect.
-  const { client } = await connect(`${base}/ws/me`, sign({ sub: 'ann', exp: nowSeconds() + 2 }))
+  const { client, connected } = await connect(`${base}/ws/me`, sign({ sub: 'ann', exp: nowSeconds() + 2 }))
   t.equal(app.socket.connections().length, 1)
   const closed = await client.closed
   t.equal(closed.code, 4001)
   t.equal(closed.reason, 'token expired')
-  t.equal(await serverClosed, 4001, 'the server saw the same close')
+  t.equal(await onServer.wait(idOf(connected)), 4001, 'the server saw the same close')
   t.equal(app.socket.connections().length, 0)
 })
 

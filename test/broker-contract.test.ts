@@ -4,7 +4,7 @@ import t, { type Test } from 'tap'
 import type { FastifyInstance } from 'fastify'
 import { MemoryBroker, MemoryHub, RedisBroker, type Broker } from '../plugin.js'
 import { flush, until } from './helpers/cluster.js'
-import { build, listen, sign, connect, type Client } from './helpers/server.js'
+import { serve, sign, connect, type Client } from './helpers/server.js'
 import { Redis6, RedisProcess, requireRedis } from './helpers/redis.js'
 
 /** Makes the brokers of one test's nodes: all of them share one hub, or one Redis. */
@@ -13,12 +13,9 @@ type BrokerFactory = (t: Test) => Promise<() => Broker>
 interface Node { app: FastifyInstance, base: string }
 
 async function node (t: Test, broker: Broker): Promise<Node> {
-  const app = await build({ broker }, (app) => {
-    app.get('/ws/:room', app.socket.act('room', (app, ps) => ps.upgrade(`room-${ps.requestString('room', true)}`)))
+  return await serve(t, { broker }, (app) => {
     app.socket.command('say', { handler: (param, { channel }) => { app.socket.broadcast(channel, { cmd: 'said', param }) } })
   })
-  t.after(() => app.close())
-  return { app, base: await listen(app) }
 }
 
 /** Connects `user` to a room and waits until the join (subscription and presence included) is done. */

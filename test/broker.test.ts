@@ -1,32 +1,20 @@
 import t, { type Test } from 'tap'
 import Fastify, { type FastifyInstance } from 'fastify'
-import forgeSocket, { MemoryBroker, MemoryHub, type Broker, type BrokerHost, type BrokerMessage, type ForgeSocketOptions } from '../plugin.js'
+import forgeSocket, { MemoryBroker, MemoryHub, type BrokerMessage, type ForgeSocketOptions } from '../plugin.js'
 import { flush } from './helpers/cluster.js'
-import { build, listen, sign, connect, type Client, SECRET } from './helpers/server.js'
+import { RecordingBroker } from './helpers/broker.js'
+import { build, closes, idOf, listen, room, serve, sign, connect, type Client, SECRET } from './helpers/server.js'
 import { LogSink } from './helpers/logs.js'
-
-/** Adds the test route: `/ws/:room` upgrades into channel `room-<room>`. */
-function room (app: FastifyInstance): void {
-  app.get('/ws/:room', app.socket.act('room', (app, ps) => ps.upgrade(`room-${ps.requestString('room', true)}`)))
-}
 
 /** One node: an app on a shared MemoryHub, listening. */
 async function node (t: Test, hub: MemoryHub): Promise<{ app: FastifyInstance, base: string }> {
-  const app = await build({ broker: new MemoryBroker(hub) }, room)
-  t.after(() => app.close())
-  return { app, base: await listen(app) }
+  return await serve(t, { broker: new MemoryBroker(hub) })
 }
 
 /** Connects a user to a node's room and returns the client and its connection id. */
 async function join (base: string, roomName: string, user: string): Promise<{ client: Client, id: string }> {
   const { client, connected } = await connect(`${base}/ws/${roomName}`, sign({ sub: user }))
-  return { client, id: (connected.param as { connectionId: string }).connectionId }
-}
-
-
-/** Resolves with the id and close code once the server reports connection `id` closed (onClose hook). */
-function serverClose (app: FastifyInstance, id: string): Promise<{ id: string, code: number }> {
-  return new Promise((resolve) => app.socket.onClose((conn, code) => { if (conn.id === id) resolve({ id: conn.id, code }) }))
+  return { client, id: idOf(connected) }
 }
 
 t.test('memory broker: two apps on one hub', async (t) => {
@@ -47,7 +35,7 @@ t.test('memory broker: two apps on one hub', async (t) => {
     t.notOk(ann.client.messages.some((m) => m.cmd === 'hello'), 'no second copy on A')
     t.notOk(bob.client.messages.some((m) => m.cmd === 'hello'), 'no second copy on B')
 
-    a.app.socket.broadcast('room-lobby', { cmd: 'not-bob' }, { except: bob.id })
+    t.equal(a.app.socket.broadcast('room-lobby', { cmd: 'not-bob' }, { except: bob.id }), 1, 'A\'s own member, not bob')
     t.same(await ann.client.next('not-bob'), { channel: 'room-lobby', cmd: 'not-bob', param: null }, 'no seq when someone is skipped')
     await flush(a.app, 'room-lobby', ann.client, bob.client)
     t.notOk(bob.client.messages.some((m) => m.cmd === 'not-bob'), '`except` is honoured on the other node')
@@ -69,7 +57,7 @@ t.test('memory broker: two apps on one hub', async (t) => {
     t.equal(a.app.socket.sendToConnection(bob.id, { cmd: 'direct', param: 1 }), false, 'false: not on A')
     t.same(await bob.client.next('direct'), { channel: 'room-home', cmd: 'direct', param: 1 }, 'on the connection\'s home channel')
     a.app.socket.sendToConnection(bob.id, { channel: 'elsewhere', cmd: 'direct-2' })
-    t.equal((await bob.client.next('direct-2')).channel, 'elsewhere', 'or the channel given')
+    t.strictSame(await bob.client.next('direct-2'), { channel: 'elsewhere', cmd: 'direct-2', param: null }, 'or the channel given')
 
     t.equal(await a.app.socket.join(bob.id, 'extra'), false, 'join: false on A')
     t.same(b.app.socket.connections('extra').map((c) => c.id), [bob.id], 'bob is in the channel on B')
@@ -78,6 +66,7 @@ t.test('memory broker: two apps on one hub', async (t) => {
 
     t.equal(await a.app.socket.leave(bob.id, 'extra'), false, 'leave: false on A')
     t.same(b.app.socket.connections('extra'), [], 'bob left the channel on B')
+    t.same(b.app.socket.channels().map((c) => c.name), ['room-home'], 'B dropped the channel')
     t.notOk(hub.nodes.get(b.app.socket.nodeId)?.channels.has('extra'), 'B unsubscribed from it')
 
     t.equal(a.app.socket.sendToConnection('no-such-connection', { cmd: 'lost' }), false, 'an unknown id is no error')
@@ -85,10 +74,10 @@ t.test('memory broker: two apps on one hub', async (t) => {
     t.equal(await a.app.socket.leave('no-such-connection', 'extra'), false)
     t.equal(a.app.socket.disconnect('no-such-connection'), false)
 
-    const closed = serverClose(b.app, bob.id)
+    const closed = closes(b.app)
     t.equal(a.app.socket.disconnect(bob.id, 4000, 'bye'), false, 'disconnect: false on A')
     t.same(await bob.client.closed, { code: 4000, reason: 'bye' })
-    t.same(await closed, { id: bob.id, code: 4000 }, 'closed on B')
+    t.equal(await closed.wait(bob.id), 4000, 'closed on B')
     t.same(b.app.socket.channels(), [], 'B released the channel')
   })
 
@@ -132,15 +121,13 @@ t.test('memory broker: two apps on one hub', async (t) => {
   })
 
   t.test('apps with the default broker do not share anything', async (t) => {
-    const a = await build({}, room)
-    const b = await build({ broker: 'memory' }, room)
-    t.after(() => a.close())
-    t.after(() => b.close())
-    const ann = await join(await listen(a), 'lobby', 'ann')
-    const bob = await join(await listen(b), 'lobby', 'bob')
-    a.socket.broadcast('room-lobby', { cmd: 'only-a' })
+    const a = await serve(t)
+    const b = await serve(t, { broker: 'memory' })
+    const ann = await join(a.base, 'lobby', 'ann')
+    const bob = await join(b.base, 'lobby', 'bob')
+    a.app.socket.broadcast('room-lobby', { cmd: 'only-a' })
     await ann.client.next('only-a')
-    await flush(b, 'room-lobby', bob.client)
+    await flush(b.app, 'room-lobby', bob.client)
     t.notOk(bob.client.messages.some((m) => m.cmd === 'only-a'), 'B never heard of it')
     ann.client.close()
     bob.client.close()
@@ -168,63 +155,21 @@ t.test('memory broker: two apps on one hub', async (t) => {
   })
 })
 
-/** What a custom broker was asked, in order. */
-type Call = ['start', string] | ['publish', BrokerMessage] | ['subscribe', string] | ['unsubscribe', string] | ['close']
-
-class RecordingBroker implements Broker {
-  readonly calls: Call[] = []
-  deliver: (message: BrokerMessage) => void = () => {}
-  publishFails: 'no' | 'throw' | 'reject' = 'no'
-  /** Channels whose subscribe rejects. */
-  readonly failing = new Set<string>()
-  /** Channels whose unsubscribe rejects. */
-  readonly failingUnsubscribe = new Set<string>()
-
-  async start (host: BrokerHost): Promise<void> {
-    this.calls.push(['start', host.nodeId])
-    this.deliver = host.deliver
-  }
-
-  publish (message: BrokerMessage): Promise<void> | void {
-    this.calls.push(['publish', message])
-    if (this.publishFails === 'throw') throw new Error('broker down')
-    if (this.publishFails === 'reject') return Promise.reject(new Error('broker down'))
-  }
-
-  async subscribe (channel: string): Promise<void> {
-    this.calls.push(['subscribe', channel])
-    if (this.failing.has(channel)) throw new Error('subscribe failed')
-  }
-
-  async unsubscribe (channel: string): Promise<void> {
-    this.calls.push(['unsubscribe', channel])
-    if (this.failingUnsubscribe.has(channel)) throw new Error('unsubscribe failed')
-  }
-
-  async close (): Promise<void> {
-    this.calls.push(['close'])
-  }
-
-  /** The calls of one kind, without the others. */
-  only<K extends Call[0]> (kind: K): Array<Extract<Call, [K, ...unknown[]]>> {
-    return this.calls.filter((c): c is Extract<Call, [K, ...unknown[]]> => c[0] === kind)
-  }
-}
-
 /** An app with a RecordingBroker, logging into a LogSink, listening. */
-async function custom (t: Test, options: ForgeSocketOptions = {}): Promise<{ app: FastifyInstance, base: string, broker: RecordingBroker, logs: LogSink }> {
+async function custom (t: Test, options: ForgeSocketOptions = {}): Promise<{ app: FastifyInstance, base: string, broker: RecordingBroker, logs: LogSink, closed: ReturnType<typeof closes> }> {
   const broker = new RecordingBroker()
   const logs = new LogSink()
+  // Not serve(): no presence interval 0 here, and a logger.
   const app = Fastify({ logger: { level: 'info', stream: logs.stream } })
   await app.register(forgeSocket, { jwt: { secret: SECRET }, broker, ...options })
   room(app)
   t.after(() => app.close())
-  return { app, base: await listen(app), broker, logs }
+  return { app, base: await listen(app), broker, logs, closed: closes(app) }
 }
 
 t.test('a custom broker', async (t) => {
   t.test('is started with the node id, subscribed by the first member, unsubscribed by the last, closed with the app', async (t) => {
-    const { app, base, broker } = await custom(t)
+    const { app, base, broker, closed } = await custom(t)
     t.same(broker.calls, [['start', app.socket.nodeId]], 'started at register')
 
     const ann = await join(base, 'a', 'ann')
@@ -232,13 +177,11 @@ t.test('a custom broker', async (t) => {
     const bob = await join(base, 'a', 'bob')
     t.same(broker.only('subscribe'), [['subscribe', 'room-a']], 'the second does not')
 
-    const annClosed = serverClose(app, ann.id)
     ann.client.close()
-    await annClosed
+    await closed.wait(ann.id)
     t.same(broker.only('unsubscribe'), [], 'a member is left')
-    const bobClosed = serverClose(app, bob.id)
     bob.client.close()
-    await bobClosed
+    await closed.wait(bob.id)
     t.same(broker.only('unsubscribe'), [['unsubscribe', 'room-a']], 'the last member unsubscribes the node')
 
     await app.close()
@@ -269,13 +212,14 @@ t.test('a custom broker', async (t) => {
       const ann = await join(base, 'a', 'ann')
       broker.publishFails = failure
       t.equal(app.socket.broadcast('room-a', { cmd: 'news' }), 1)
-      t.equal((await ann.client.next('news')).cmd, 'news', 'the local member got it')
+      t.match(await ann.client.next('news'), { cmd: 'news', seq: 1 }, 'the local member got it, numbered')
       const line = await logs.next('broker publish failed')
       t.equal(line.level, 50, 'an error')
       t.match(line, { type: 'channel', err: { message: 'broker down' } })
 
       t.equal(await app.socket.join('remote', 'room-b'), false, 'a remote join resolves even so')
       t.equal(app.socket.sendToConnection('remote', { cmd: 'x' }), false)
+      t.equal(app.socket.disconnect('remote'), false, 'and so does a remote disconnect')
       t.equal((await ann.client.request('room-a', 'ping', null)).cmd, 'pong', 'the connection is unharmed')
       t.ok(logs.lines.filter((l) => l.msg === 'broker publish failed').length >= 2)
       ann.client.close()
@@ -284,23 +228,23 @@ t.test('a custom broker', async (t) => {
   }
 
   t.test('a subscribe that fails closes the new connection with 1011', async (t) => {
-    const { app, base, broker, logs } = await custom(t)
+    const { base, broker, logs, closed } = await custom(t)
     broker.failing.add('room-bad')
     const { client, connected } = await connect(`${base}/ws/bad`, sign({ sub: 'ann' }))
-    const closed = serverClose(app, (connected.param as { connectionId: string }).connectionId)
     t.same(await client.closed, { code: 1011, reason: 'internal error' })
-    t.equal((await closed).code, 1011)
+    t.equal(await closed.wait(idOf(connected)), 1011)
     t.match(await logs.next('connection setup failed'), { level: 50, err: { message: 'subscribe failed' } })
   })
 
   t.test('an unsubscribe that fails still releases the connection and runs onClose hooks', async (t) => {
-    const { app, base, broker, logs } = await custom(t)
+    const { app, base, broker, logs, closed } = await custom(t)
+    // Both fail: neither failure stops the other unsubscribe or the close path.
     broker.failingUnsubscribe.add('room-a')
+    broker.failingUnsubscribe.add('second')
     const ann = await join(base, 'a', 'ann')
     t.equal(await app.socket.join(ann.id, 'second'), true)
-    const closed = serverClose(app, ann.id)
     ann.client.close()
-    t.equal((await closed).code, 1000, 'the onClose hook ran')
+    t.equal(await closed.wait(ann.id), 1000, 'the onClose hook ran')
     t.same(app.socket.channels(), [], 'no channel keeps the closed connection')
     t.same(broker.only('unsubscribe').map((c) => c[1]).sort(), ['room-a', 'second'], 'every channel was unsubscribed')
     t.match(await logs.next((l) => l.level === 50), { err: { message: 'unsubscribe failed' } })

@@ -9,7 +9,7 @@ import { join } from 'node:path'
 import { chromium, type Browser, type Page } from 'playwright-core'
 import fastifyStatic from '@fastify/static'
 import { freePort, ROOT, startDemo, type DemoProcess } from './helpers/demo-process.js'
-import { build } from './helpers/server.js'
+import { serve } from './helpers/server.js'
 
 const CHROMIUM = process.env.CHROMIUM_PATH ?? '/usr/bin/chromium'
 const SECRET = 'browser-test-secret'
@@ -106,14 +106,12 @@ if (!existsSync(CHROMIUM)) {
     const clientDir = join(ROOT, 'dist', 'lib', 'client')
     if (!existsSync(join(clientDir, 'index.js'))) return t.fail(`${clientDir} is missing: run \`npm run build\` first (npm test does it in pretest)`)
     let upgrades = 0
-    const app = await build({}, async (app) => {
+    const { app, base } = await serve(t, {}, async (app) => {
       await app.register(fastifyStatic, { root: clientDir, prefix: '/client/' })
       app.get('/', (_request, reply) => reply.type('text/html').send('<!doctype html><title>forge-socket</title>'))
-      app.get('/ws/:room', app.socket.act('room', (app, ps) => ps.upgrade(`room-${ps.requestString('room', true)}`)))
     })
     app.server.prependListener('upgrade', () => { upgrades++ })
-    t.after(() => app.close())
-    const origin = await app.listen({ port: 0, host: '127.0.0.1' })
+    const origin = base.replace(/^ws/, 'http')
     const page = await (await launch()).newPage()
     t.after(() => page.close())
     const pageErrors: string[] = []

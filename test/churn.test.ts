@@ -4,14 +4,14 @@ import { createHook } from 'node:async_hooks'
 import type { Socket } from 'node:net'
 import type { FastifyInstance } from 'fastify'
 import WebSocket from 'ws'
-import { build, listen, sign, connect, refused, type Client } from './helpers/server.js'
+import { closes, idOf, serve, sign, connect, refused, type Client } from './helpers/server.js'
 
 const HOME = 'churn-home'
 const EXTRA = 'churn-extra'
 
+/** Beside the room route. */
 function route (app: FastifyInstance): void {
   app.get('/ws/churn', app.socket.act('churn', (app, ps) => ps.upgrade(HOME)))
-  app.get('/ws/:room', app.socket.act('room', (app, ps) => ps.upgrade(`room-${ps.requestString('room', true)}`)))
 }
 
 /**
@@ -26,39 +26,16 @@ const timerHook = createHook({
 })
 const armedTimers = (): number => [...timers.values()].filter((timer) => timer._idleTimeout !== -1).length
 
-/** Resolves with each connection's server-side close code, by connection id. */
-function serverCloses (app: FastifyInstance): { wait: (id: string) => Promise<number>, codes: Map<string, number> } {
-  const codes = new Map<string, number>()
-  const waiters = new Map<string, (code: number) => void>()
-  app.socket.onClose((conn, code) => {
-    codes.set(conn.id, code)
-    waiters.get(conn.id)?.(code)
-    waiters.delete(conn.id)
-  })
-  return {
-    codes,
-    wait: (id) => {
-      const code = codes.get(id)
-      if (code !== undefined) return Promise.resolve(code)
-      return new Promise((resolve) => waiters.set(id, resolve))
-    }
-  }
-}
-
-const idOf = (connected: { param: unknown }): string => (connected.param as { connectionId: string }).connectionId
-
 t.test('1,000 connect/subscribe/close cycles leave everything at its baseline', async (t) => {
   const WORKERS = 20
   const CYCLES = 1000
-  const app = await build({
+  const { app, base } = await serve(t, {
     // One slot per worker and per user: a slot that churn failed to free shows up as a refusal at the end.
     connectionLimits: { perIp: WORKERS, perUser: 1 },
     heartbeat: { interval: 1000, timeout: 800 },
     authorizeChannel: (_profile, channel) => channel === EXTRA
   }, route)
-  t.after(() => app.close())
-  const closes = serverCloses(app)
-  const base = await listen(app)
+  const closed = closes(app)
   const url = `${base}/ws/churn`
   // Tokens with `exp`, so each connection arms an expiry timer.
   const tokens = Array.from({ length: WORKERS }, (_, w) => sign({ sub: `worker-${w}` }, { expiresIn: 3_600_000 }))
@@ -66,7 +43,7 @@ t.test('1,000 connect/subscribe/close cycles leave everything at its baseline', 
   // A first cycle warms up what is created once (the heartbeat's check timer, lazy module state).
   const warm = await connect(url, tokens[0])
   warm.client.close()
-  await closes.wait(idOf(warm.connected))
+  await closed.wait(idOf(warm.connected))
 
   timerHook.enable()
   t.after(() => timerHook.disable())
@@ -88,7 +65,7 @@ t.test('1,000 connect/subscribe/close cycles leave everything at its baseline', 
       const reply = await client.request(EXTRA, 'subscribe', null)
       if (reply.cmd !== 'reply') throw new Error(`subscribe refused: ${JSON.stringify(reply)}`)
       client.close()
-      const [code] = await Promise.all([closes.wait(idOf(connected)), client.closed])
+      const [code] = await Promise.all([closed.wait(idOf(connected)), client.closed])
       codes.set(code, (codes.get(code) ?? 0) + 1)
     }
   }
@@ -116,7 +93,7 @@ t.test('1,000 connect/subscribe/close cycles leave everything at its baseline', 
   t.equal(status, 429, 'the limit itself still holds')
   t.equal(body.code, 'FST_SOCKET_TOO_MANY_CONNECTIONS')
   for (const { client } of again) client.close()
-  await Promise.all(again.map(async ({ connected }) => await closes.wait(idOf(connected))))
+  await Promise.all(again.map(async ({ connected }) => await closed.wait(idOf(connected))))
   t.equal(app.socket.status().connections, 0)
 })
 
@@ -131,10 +108,8 @@ function attempt (url: string, token: string): Promise<string> {
 }
 
 t.test('graceful shutdown with 100 clients: 1001 for each, no new upgrade, stragglers terminated, close resolves', async (t) => {
-  const app = await build({ shutdownTimeout: 200 }, route)
-  t.after(() => app.close())
-  const closes = serverCloses(app)
-  const base = await listen(app)
+  const { app, base } = await serve(t, { shutdownTimeout: 200 }, route)
+  const closed = closes(app)
   const clients: Array<{ client: Client, id: string }> = await Promise.all(Array.from({ length: 100 }, async (_, i) => {
     const { client, connected } = await connect(`${base}/ws/${i % 4}`, sign({ sub: `user-${i}` }))
     return { client, id: idOf(connected) }
@@ -157,9 +132,9 @@ t.test('graceful shutdown with 100 clients: 1001 for each, no new upgrade, strag
   t.pass('app.close() resolved')
   const promptCodes = await Promise.all(prompt.map(async ({ client }) => await client.closed))
   t.equal(promptCodes.filter((c) => c.code === 1001 && c.reason === 'server shutting down').length, 95, 'each prompt client got 1001')
-  t.strictSame(prompt.map(({ id }) => closes.codes.get(id)), prompt.map(() => 1001), 'and completed the handshake (onClose 1001)')
-  t.strictSame(stragglers.map(({ id }) => closes.codes.get(id)), [1006, 1006, 1006, 1006, 1006], 'the stragglers were terminated at the deadline (onClose 1006)')
-  t.equal(closes.codes.size, 100, 'onClose ran once for every connection')
+  t.strictSame(prompt.map(({ id }) => closed.codes.get(id)), prompt.map(() => 1001), 'and completed the handshake (onClose 1001)')
+  t.strictSame(stragglers.map(({ id }) => closed.codes.get(id)), [1006, 1006, 1006, 1006, 1006], 'the stragglers were terminated at the deadline (onClose 1006)')
+  t.equal(closed.codes.size, 100, 'onClose ran once for every connection')
   t.equal(app.socket.status().connections, 0, 'no connection left')
 
   // The close frame was on the wire before the stragglers were cut: they read 1001 once they read again.
@@ -172,9 +147,7 @@ t.test('graceful shutdown with 100 clients: 1001 for each, no new upgrade, strag
 t.test('with auth.query on, an upgrade during the shutdown is refused too, and app.close() still resolves', async (t) => {
   // The query-token listener used to be left as the only `upgrade` listener while draining: such an upgrade reached
   // no one, hung, and held app.close() until the client gave up.
-  const app = await build({ auth: { query: true }, shutdownTimeout: 200 }, route)
-  t.after(() => app.close())
-  const base = await listen(app)
+  const { app, base } = await serve(t, { auth: { query: true }, shutdownTimeout: 200 }, route)
   const { client: prompt } = await connect(`${base}/ws/a`, sign({ sub: 'ann' }))
   const { client: straggler } = await connect(`${base}/ws/a`, sign({ sub: 'bob' }))
   const socket = (straggler.ws as unknown as { _socket: Socket })._socket

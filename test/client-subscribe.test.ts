@@ -1,7 +1,7 @@
 import t, { type Test } from 'tap'
 import type { FastifyInstance } from 'fastify'
 import type { Message } from '../lib/client/index.js'
-import { build, listen, sign } from './helpers/server.js'
+import { build, listen, room, sign } from './helpers/server.js'
 import { freePort } from './helpers/demo-process.js'
 import { inState, linesStarting, rawServer, reconnected, recordedClient as client, rejection, Seen, type RecordedClient } from './helpers/client-state.js'
 
@@ -39,7 +39,8 @@ async function server (t: Test, allowed: Iterable<string> = ['news', 'sport'], p
       return allow.has(channel)
     }
   }, (app) => {
-    app.get('/ws/:room', app.socket.act('room', (app, ps) => ps.upgrade(`room-${ps.requestString('room', true)}`)))
+    // Not serve(): a test restarts the server on the same port.
+    room(app)
     app.socket.command('note', { handler: (param) => { notes.push(param) } })
   })
   t.after(() => app.close())

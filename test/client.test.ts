@@ -7,7 +7,7 @@ import type { FastifyInstance } from 'fastify'
 import WebSocket, { WebSocketServer } from 'ws'
 import type { ForgeSocketOptions } from '../plugin.js'
 import { Socket, SocketError, type Message } from '../lib/client/index.js'
-import { build, listen, sign } from './helpers/server.js'
+import { build, listen, room, sign } from './helpers/server.js'
 import { inState, rawServer, reconnected, recordedClient as client, rejection, Seen } from './helpers/client-state.js'
 
 // The client's Socket class in Node (with `ws`), against real forge-socket servers on port 0, and against a raw
@@ -35,8 +35,8 @@ async function server (t: Test, options: ForgeSocketOptions = {}, port = 0): Pro
   const closes = new Seen<number>()
   const upgrades = new Seen<{ url: string, protocol: string }>()
   const app = await build(options, (app) => {
-    const room = app.socket.act('room', (app, ps) => ps.upgrade(`room-${ps.requestString('room', true)}`))
-    app.get('/ws/:room', room)
+    // Not serve(): a test restarts the server on the same port.
+    room(app)
     app.get('/open/:room', app.socket.act('open', (app, ps) => ps.upgrade(`room-${ps.requestString('room', true)}`), { auth: 'optional' }))
     app.socket.command('note', { handler: (param) => { notes.push(param) } })
     app.socket.command('echo', { handler: (param) => param })

@@ -2,11 +2,7 @@
 import t from 'tap'
 import type { FastifyInstance } from 'fastify'
 import { MemoryBroker } from '../plugin.js'
-import { build, listen, sign, connect, refused, Client } from './helpers/server.js'
-
-function room (app: FastifyInstance): void {
-  app.get('/ws/:room', app.socket.act('room', (app, ps) => ps.upgrade(`room-${ps.requestString('room', true)}`)))
-}
+import { build, closes, idOf, listen, room, serve, sign, connect, refused, Client } from './helpers/server.js'
 
 /** A promise and the functions that settle it. */
 function gate (): { promise: Promise<void>, open: () => void, fail: (err: Error) => void } {
@@ -44,18 +40,15 @@ const token = (sub: string): { headers: { authorization: string } } => ({ header
 t.test('onOpen hooks do not run after the connection closed', async (t) => {
   const first = gate()
   const calls: string[] = []
-  const app = await build({}, (app) => {
-    room(app)
+  const { app, base } = await serve(t, {}, (app) => {
     app.socket.onOpen(async () => { calls.push('open 1'); await first.promise })
     app.socket.onOpen(() => { calls.push('open 2') })
     app.socket.onClose(() => { calls.push('close') })
   })
-  t.after(() => app.close())
-  const base = await listen(app)
-  const { client } = await connect(`${base}/ws/a`, sign({ sub: 'ann' }))
-  const closed = new Promise<void>((resolve) => app.socket.onClose(() => resolve()))
+  const closed = closes(app)
+  const { client, connected } = await connect(`${base}/ws/a`, sign({ sub: 'ann' }))
   client.close()
-  await closed
+  await closed.wait(idOf(connected))
   first.open()
   await app.close()
   t.same(calls, ['open 1', 'close'], 'the second onOpen hook never ran')
@@ -63,9 +56,7 @@ t.test('onOpen hooks do not run after the connection closed', async (t) => {
 
 t.test('a failed broker subscription takes out every member that joined while it was under way', async (t) => {
   const broker = new SlowBroker()
-  const app = await build({ broker }, room)
-  t.after(() => app.close())
-  const base = await listen(app)
+  const { app, base } = await serve(t, { broker })
   const ann = new Client(`${base}/ws/b`, token('ann'))
   await ann.next('connected')
   const bob = new Client(`${base}/ws/b`, token('bob'))
@@ -80,9 +71,7 @@ t.test('a failed broker subscription takes out every member that joined while it
 
 t.test('join() rejects when the subscription fails, and the connection is not left in the channel', async (t) => {
   const broker = new SlowBroker()
-  const app = await build({ broker }, room)
-  t.after(() => app.close())
-  const base = await listen(app)
+  const { app, base } = await serve(t, { broker })
   const ann = new Client(`${base}/ws/a`, token('ann'))
   const connected = await ann.next('connected')
   broker.pending.get('room-a')?.open()
@@ -119,11 +108,9 @@ t.test('an upgrade that completes while the server is closing gets 1001', async 
 t.test('app.close() resolves after every close path finished, and closes the broker last', async (t) => {
   const broker = new SlowBroker()
   const calls = broker.calls
-  const app = await build({ broker, shutdownTimeout: 1000 }, (app) => {
-    room(app)
+  const { app, base } = await serve(t, { broker, shutdownTimeout: 1000 }, (app) => {
     app.socket.onClose(async () => { calls.push('onClose hook') })
   })
-  const base = await listen(app)
   const ann = new Client(`${base}/ws/a`, token('ann'))
   await ann.next('connected')
   broker.pending.get('room-a')?.open()
@@ -135,12 +122,9 @@ t.test('app.close() resolves after every close path finished, and closes the bro
 
 t.test('Connection.close with a code a peer may not receive throws, and the connection stays usable', async (t) => {
   let conn: Parameters<Parameters<FastifyInstance['socket']['onOpen']>[0]>[0] | undefined
-  const app = await build({}, (app) => {
-    room(app)
+  const { app, base } = await serve(t, {}, (app) => {
     app.socket.onOpen((c) => { conn = c })
   })
-  t.after(() => app.close())
-  const base = await listen(app)
   const { client } = await connect(`${base}/ws/a`, sign({ sub: 'ann' }))
   await client.request('room-a', 'ping', null)
   t.throws(() => conn?.close(1005, 'nope'), { code: 'FST_SOCKET_INVALID_CLOSE_CODE' })
@@ -166,9 +150,7 @@ t.test('frames held before open are bounded in bytes too (1008)', async (t) => {
 })
 
 t.test('a refused upgrade does not count as a connection', async (t) => {
-  const app = await build({}, room)
-  t.after(() => app.close())
-  const base = await listen(app)
+  const { app, base } = await serve(t)
   const { status } = await refused(`${base}/ws/a`)
   t.equal(status, 401)
   t.equal(app.socket.status().connections, 0)

@@ -2,18 +2,15 @@
 import t, { type Test } from 'tap'
 import WebSocket from 'ws'
 import type { FastifyInstance } from 'fastify'
-import { build, listen, sign, connect, type Client } from './helpers/server.js'
+import { room, serve, sign, connect, type Client } from './helpers/server.js'
 import type { ForgeSocketOptions } from '../plugin.js'
 import { Socket } from '../lib/client/index.js'
 
 const seconds = (): number => Math.floor(Date.now() / 1000)
 
+/** The room route with optional auth (anonymous connections are tested too). */
 async function start (t: Test, options: ForgeSocketOptions = {}): Promise<{ app: FastifyInstance, base: string }> {
-  const app = await build(options, (app) => {
-    app.get('/ws/:room', app.socket.act('room', (app, ps) => ps.upgrade(`room-${ps.requestString('room', true)}`), { auth: 'optional' }))
-  })
-  t.after(() => app.close())
-  return { app, base: await listen(app) }
+  return await serve(t, options, (app) => room(app, { auth: 'optional' }))
 }
 
 

@@ -5,7 +5,7 @@ import Fastify, { type FastifyInstance } from 'fastify'
 import fastifyWebsocket from '@fastify/websocket'
 import forgeSocket from '../plugin.js'
 import { framePayload, textFrame } from '../lib/frame.js'
-import { build, listen, sign, connect, SECRET } from './helpers/server.js'
+import { listen, room, serve, sign, connect, SECRET } from './helpers/server.js'
 
 t.test('textFrame: the RFC 6455 header for each payload length class', async (t) => {
   for (const [length, header] of [[0, [0x81, 0]], [125, [0x81, 125]], [126, [0x81, 126, 0, 126]], [65535, [0x81, 126, 255, 255]],
@@ -22,8 +22,7 @@ t.test('textFrame: the RFC 6455 header for each payload length class', async (t)
   t.equal(framePayload(utf8).toString(), 'żółw')
 })
 
-function room (app: FastifyInstance): void {
-  app.get('/ws/:room', app.socket.act('room', (app, ps) => ps.upgrade(`room-${ps.requestString('room', true)}`)))
+function burst (app: FastifyInstance): void {
   // Broadcasts (corked frames), then replies (through ws): the client must see them in that order.
   app.socket.command('burst', {
     handler: (param, { channel }) => {
@@ -36,9 +35,7 @@ function room (app: FastifyInstance): void {
 const SIZES = [0, 1, 100, 125, 126, 200, 65535, 65536, 300_000]
 
 t.test('broadcasts of every size arrive intact and in order, before the reply that followed them', async (t) => {
-  const app = await build({}, room)
-  t.after(() => app.close())
-  const base = await listen(app)
+  const { base } = await serve(t, {}, burst)
   const { client } = await connect(`${base}/ws/a`, sign({ sub: 'ann' }))
   const order: string[] = []
   client.ws.on('message', (data) => { const m = JSON.parse(data.toString()) as { cmd: string }; order.push(m.cmd) })
@@ -58,6 +55,7 @@ t.test('with permessage-deflate negotiated, broadcasts go through ws (compressed
   await app.register(fastifyWebsocket, { options: { perMessageDeflate: { threshold: 0 } }, preClose: (done) => done() })
   await app.register(forgeSocket, { jwt: { secret: SECRET } })
   room(app)
+  burst(app)
   const base = await listen(app)
   const { client } = await connect(`${base}/ws/a`, sign({ sub: 'ann' }), { perMessageDeflate: true })
   t.match(client.ws.extensions, /permessage-deflate/, 'deflate was negotiated')

@@ -9,13 +9,8 @@ import { createHmac } from 'node:crypto'
 import { createSigner } from 'fast-jwt'
 import forgeSocket, { type ForgeSocketOptions, type OutboundMessage } from '../plugin.js'
 import { buildDemo } from '../examples/app.js'
-import { build, connect, listen, refused, sign, SECRET } from './helpers/server.js'
+import { build, connect, listen, refused, room, serve, sign, SECRET } from './helpers/server.js'
 import { LogSink } from './helpers/logs.js'
-
-/** `/ws/:room` upgrades into `room-<room>`. */
-function room (app: FastifyInstance): void {
-  app.get('/ws/:room', app.socket.act('room', (app, ps) => ps.upgrade(`room-${ps.requestString('room', true)}`)))
-}
 
 function portOf (app: FastifyInstance): number {
   return (app.server.address() as AddressInfo).port
@@ -243,9 +238,7 @@ t.test('token refusals that answered 500: the demo\'s HTTP API answers every bad
 })
 
 t.test('token refusals that answered 500: forge-socket\'s own upgrades still answer 401 FST_SOCKET_TOKEN_INVALID', async (t) => {
-  const app = await build({}, room)
-  t.after(() => app.close())
-  const base = await listen(app)
+  const { base } = await serve(t)
   for (const algorithm of ['HS384', 'HS512']) {
     const result = await refused(`${base}/ws/a`, { headers: { authorization: `Bearer ${sign({ sub: 'ann' }, { algorithm })}` } })
     t.equal(result.status, 401, algorithm)
@@ -311,9 +304,7 @@ t.test('upgrades to /admin paths with no route are refused 404 FST_SOCKET_NO_ROU
 })
 
 t.test('upgrades to /admin paths with no route are refused 404 FST_SOCKET_NO_ROUTE (an app with no other route)', async (t) => {
-  const app = await build({}, room)
-  t.after(() => app.close())
-  await listen(app)
+  const { app } = await serve(t)
   await assertNoRoute(t, portOf(app), sign({ sub: 'ann' }))
   t.equal(app.socket.connections().length, 0, 'no socket opened')
 })
@@ -322,9 +313,7 @@ t.test('upgrades to /admin paths with no route are refused 404 FST_SOCKET_NO_ROU
 // 3. Ping floods
 
 t.test('ping flood: a client that floods pings without reading is closed with 1008 "ping rate limit exceeded"', async (t) => {
-  const app = await build({}, room)
-  t.after(() => app.close())
-  await listen(app)
+  const { app } = await serve(t)
   for (const size of [0, 125]) {
     const flooder = await rawConnect(portOf(app), 'flooder')
     flooder.socket.pause()
@@ -340,9 +329,7 @@ t.test('ping flood: a client that floods pings without reading is closed with 10
 })
 
 t.test('ping flood: a client pinging within its rate is unaffected', async (t) => {
-  const app = await build({}, room)
-  t.after(() => app.close())
-  const base = await listen(app)
+  const { app, base } = await serve(t)
   const { client } = await connect(`${base}/ws/a`, sign({ sub: 'ann' }))
   let pongs = 0
   client.ws.on('pong', () => { pongs++ })
@@ -365,9 +352,7 @@ t.test('ping flood: a client pinging within its rate is unaffected', async (t) =
 // 4. Fragment hoarding
 
 t.test('fragment hoarding: a message in more than maxFragments (128) fragments is closed with 1008', async (t) => {
-  const app = await build({}, room)
-  t.after(() => app.close())
-  await listen(app)
+  const { app } = await serve(t)
 
   const whole = await rawConnect(portOf(app), 'ann')
   whole.socket.write(fragmented(pingCommand('in-128', 256), 128))
@@ -383,9 +368,7 @@ t.test('fragment hoarding: a message in more than maxFragments (128) fragments i
 })
 
 t.test('fragment hoarding: maxFragments is an option, validated at register', async (t) => {
-  const app = await build({ maxFragments: 4 }, room)
-  t.after(() => app.close())
-  await listen(app)
+  const { app } = await serve(t, { maxFragments: 4 })
   const four = await rawConnect(portOf(app), 'ann')
   four.socket.write(fragmented(pingCommand('in-4', 64), 4))
   t.match(await four.message((m) => m.ref === 'in-4'), { cmd: 'pong' }, '4 fragments are handled')
@@ -412,9 +395,7 @@ t.test('fragment hoarding and ping floods: the limits are set on the ws server f
 
 t.test('fragment hoarding: a frame dribbled in more TCP reads than maxPayload needs is closed with 1008', async (t) => {
   // maxPayload 128: any frame fits in 64 reads (the floor); here each byte of one is a read of its own.
-  const app = await build({ maxPayload: 128 }, room)
-  t.after(() => app.close())
-  await listen(app)
+  const { app } = await serve(t, { maxPayload: 128 })
   const dribbler = await rawConnect(portOf(app), 'ann')
   const frame = clientFrame(TEXT, pingCommand('dribbled', 128))
   for (let i = 0; i < frame.length && !dribbler.socket.destroyed; i++) {
@@ -427,9 +408,7 @@ t.test('fragment hoarding: a frame dribbled in more TCP reads than maxPayload ne
 })
 
 t.test('fragment hoarding: a frame of maxPayload bytes in TCP\'s smallest segments (536 bytes) is accepted', async (t) => {
-  const app = await build({}, room)
-  t.after(() => app.close())
-  await listen(app)
+  const { app } = await serve(t)
   const slow = await rawConnect(portOf(app), 'ann')
   const frame = clientFrame(TEXT, pingCommand('in-segments', 65_536))
   for (let at = 0; at < frame.length; at += 536) {

@@ -3,10 +3,10 @@
 import t from 'tap'
 import assert from 'node:assert/strict'
 import fc from 'fast-check'
-import Fastify, { type FastifyInstance } from 'fastify'
+import Fastify from 'fastify'
 import type WebSocket from 'ws'
 import forgeSocket, { type OutboundMessage } from '../plugin.js'
-import { build, listen, sign, connect, SECRET } from './helpers/server.js'
+import { listen, room, serve, sign, connect, SECRET } from './helpers/server.js'
 import { LogSink } from './helpers/logs.js'
 
 const HOME = 'room-a'
@@ -14,10 +14,6 @@ const HOME = 'room-a'
 const MAX_DEPTH = 32
 const FORBIDDEN = ['__proto__', 'constructor', 'prototype'] as const
 const CODE = /^FST_SOCKET_[A-Z_]+$/
-
-function route (app: FastifyInstance): void {
-  app.get('/ws/:room', app.socket.act('room', (app, ps) => ps.upgrade(`room-${ps.requestString('room', true)}`)))
-}
 
 /** Unhandled rejections seen while this file runs: there must be none. */
 const unhandled: unknown[] = []
@@ -221,12 +217,11 @@ function render (frame: Frame, ref: string): string {
 
 t.test('random hostile frames: one coded answer each, the connection stays, nothing is polluted', async (t) => {
   const handled = new Set<string>()
-  const app = await build({
+  const { app, base } = await serve(t, {
     rateLimit: { perSecond: 100000, burst: 100000 },
     badFrames: { max: 100000, window: 1000 },
     authorizeChannel: () => true
   }, (app) => {
-    route(app)
     app.socket.command('echo', {
       handler: (param, { ref }) => {
         if (ref !== undefined) handled.add(ref)
@@ -235,8 +230,6 @@ t.test('random hostile frames: one coded answer each, the connection stays, noth
       }
     })
   })
-  t.after(() => app.close())
-  const base = await listen(app)
   const { client } = await connect(`${base}/ws/a`, sign({ sub: 'ann' }))
   t.after(() => client.close())
   const answers = new Answers(client.ws)
@@ -309,15 +302,12 @@ t.test('random hostile frames: one coded answer each, the connection stays, noth
 
 t.test(`random nesting: deeper than maxDepth (${MAX_DEPTH}) is FST_SOCKET_BAD_REQUEST, up to it is echoed`, async (t) => {
   const handled: string[] = []
-  const app = await build({
+  const { base } = await serve(t, {
     rateLimit: { perSecond: 100000, burst: 100000 },
     badFrames: { max: 100000, window: 1000 }
   }, (app) => {
-    route(app)
     app.socket.command('echo', { handler: (param, { ref }) => { handled.push(ref ?? ''); return param } })
   })
-  t.after(() => app.close())
-  const base = await listen(app)
   const { client } = await connect(`${base}/ws/a`, sign({ sub: 'ann' }))
   t.after(() => client.close())
   const answers = new Answers(client.ws)
@@ -359,7 +349,7 @@ t.test('a command handler that throws or rejects answers that client alone', asy
   const app = Fastify({ logger: { level: 'error', stream: sink.stream } })
   // Presence at once: gathered, ann's join would reach bob too, who connected within the same round.
   await app.register(forgeSocket, { jwt: { secret: SECRET }, presence: { interval: 0 } })
-  route(app)
+  room(app)
   const secret = 'internal detail: db password hunter2'
   app.socket.command('throws', { handler: () => { throw new Error(secret) } })
   app.socket.command('rejects', { handler: async () => { await Promise.resolve(); throw new Error(secret) } })
@@ -404,12 +394,9 @@ t.test('a command handler that throws or rejects answers that client alone', asy
 })
 
 t.test('a connection whose set-up fails gets 1011; the others are untouched', async (t) => {
-  const app = await build({}, (app) => {
-    route(app)
+  const { app, base } = await serve(t, {}, (app) => {
     app.socket.onOpen((conn) => { if (conn.profileId === 'broken') throw new Error('state lost') })
   })
-  t.after(() => app.close())
-  const base = await listen(app)
   const { client: bob } = await connect(`${base}/ws/a`, sign({ sub: 'bob' }))
   t.after(() => bob.close())
   const { client: broken } = await connect(`${base}/ws/a`, sign({ sub: 'broken' }))

@@ -2,7 +2,7 @@ import t, { type Test } from 'tap'
 import { once } from 'node:events'
 import type WebSocket from 'ws'
 import type { FastifyInstance } from 'fastify'
-import { build, sign } from './helpers/server.js'
+import { build, room, sign } from './helpers/server.js'
 import type { OutboundMessage } from '../plugin.js'
 
 // @fastify/websocket's in-process harness, `app.injectWS`, against act routes: there is no TCP socket under it, so
@@ -43,7 +43,7 @@ async function inject (app: FastifyInstance, path: string, token?: string): Prom
 async function app (t: Test): Promise<FastifyInstance> {
   const app = await build()
   t.after(() => app.close())
-  app.get('/ws/:room', app.socket.act('room', (_app, ps) => ps.upgrade(`room-${ps.requestString('room', true)}`)))
+  room(app)
   app.socket.command('echo', { handler: (param) => param })
   await app.ready()
   return app

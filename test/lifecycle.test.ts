@@ -5,18 +5,8 @@ import { randomBytes } from 'node:crypto'
 import Fastify, { type FastifyInstance } from 'fastify'
 import fastifyWebsocket from '@fastify/websocket'
 import forgeSocket, { SUBPROTOCOL, type ForgeSocketOptions } from '../plugin.js'
-import { build, listen, sign, connect, refused, Client, SECRET } from './helpers/server.js'
+import { closes, idOf, listen, room, serve, sign, connect, refused, Client, SECRET } from './helpers/server.js'
 import { LogSink } from './helpers/logs.js'
-
-/** Adds the test route: `/ws/:room` upgrades into channel `room-<room>`. */
-function room (app: FastifyInstance): void {
-  app.get('/ws/:room', app.socket.act('room', (app, ps) => ps.upgrade(`room-${ps.requestString('room', true)}`)))
-}
-
-/** Resolves with the close code of the next connection the server reports closed (its onClose hook). */
-function serverClose (app: FastifyInstance): Promise<number> {
-  return new Promise((resolve) => app.socket.onClose((_conn, code) => resolve(code)))
-}
 
 /** Resolves once the client has received `count` WebSocket pings. */
 function pings (client: Client, count: number): Promise<void> {
@@ -106,23 +96,19 @@ class RawPeer {
 
 t.test('heartbeat', async (t) => {
   t.test('a client that never answers pings is terminated', async (t) => {
-    const app = await build({ heartbeat: { interval: 50, timeout: 30 } }, room)
-    t.after(() => app.close())
-    const base = await listen(app)
-    const closedOnServer = serverClose(app)
-    const { client } = await connect(`${base}/ws/a`, sign({ sub: 'ann' }), { autoPong: false })
+    const { app, base } = await serve(t, { heartbeat: { interval: 50, timeout: 30 } })
+    const closed = closes(app)
+    const { client, connected } = await connect(`${base}/ws/a`, sign({ sub: 'ann' }), { autoPong: false })
     t.equal(app.socket.connections().length, 1, 'connected at first')
 
-    t.equal(await closedOnServer, 1006, 'the server saw the connection end without a closing handshake')
+    t.equal(await closed.wait(idOf(connected)), 1006, 'the server saw the connection end without a closing handshake')
     t.same(app.socket.connections(), [], 'the dead connection is gone from the registry')
     t.same(app.socket.channels(), [], 'and from its channel')
     t.equal((await client.closed).code, 1006, 'the client saw the TCP connection dropped (terminate)')
   })
 
   t.test('a client that answers pings stays connected across several intervals', async (t) => {
-    const app = await build({ heartbeat: { interval: 50, timeout: 30 } }, room)
-    t.after(() => app.close())
-    const base = await listen(app)
+    const { app, base } = await serve(t, { heartbeat: { interval: 50, timeout: 30 } })
     const { client } = await connect(`${base}/ws/a`, sign({ sub: 'ann' }))
     await pings(client, 4)
     t.equal(client.ws.readyState, client.ws.OPEN, 'still open after four pings')
@@ -133,9 +119,7 @@ t.test('heartbeat', async (t) => {
   })
 
   t.test('any frame from the client counts as an answer, not only a pong', async (t) => {
-    const app = await build({ heartbeat: { interval: 50, timeout: 30 } }, room)
-    t.after(() => app.close())
-    const base = await listen(app)
+    const { app, base } = await serve(t, { heartbeat: { interval: 50, timeout: 30 } })
     const { client } = await connect(`${base}/ws/a`, sign({ sub: 'ann' }), { autoPong: false })
     // The server clears the pong wait on any inbound frame, so a busy client is never reaped.
     client.ws.on('ping', () => client.send({ channel: 'room-a', cmd: 'ping', param: null }))
@@ -148,11 +132,8 @@ t.test('heartbeat', async (t) => {
 })
 
 t.test('app.close() closes every client with 1001 and resolves', async (t) => {
-  const app = await build({}, room)
-  t.after(() => app.close())
-  const base = await listen(app)
-  const codes: number[] = []
-  app.socket.onClose((_conn, code) => { codes.push(code) })
+  const { app, base } = await serve(t)
+  const closed = closes(app)
   const clients = await Promise.all(['a', 'a', 'b'].map(async (r, i) => (await connect(`${base}/ws/${r}`, sign({ sub: `user-${i}` }))).client))
   t.equal(app.socket.status().connections, 3)
 
@@ -162,12 +143,11 @@ t.test('app.close() closes every client with 1001 and resolves', async (t) => {
   }
   t.equal(app.socket.status().closing, true, 'status reports the shutdown')
   t.equal(app.socket.status().connections, 0, 'no connection left')
-  t.same(codes.sort(), [1001, 1001, 1001], 'every onClose hook ran with 1001')
+  t.same([...closed.codes.values()].sort(), [1001, 1001, 1001], 'every onClose hook ran with 1001')
 })
 
 t.test('app.close() with no connection resolves at once', async (t) => {
-  const app = await build({}, room)
-  await listen(app)
+  const { app } = await serve(t)
   await app.close()
   t.equal(app.socket.status().closing, true)
 })
@@ -176,10 +156,10 @@ t.test('shutdown deadline: a peer that never completes the closing handshake is 
   const { app, logs } = await buildLogged({ shutdownTimeout: 100 })
   t.after(() => app.close())
   const base = await listen(app)
-  const closedOnServer = serverClose(app)
+  const closed = closes(app)
   const peer = new RawPeer(base, '/ws/a', sign({ sub: 'ann' }))
-  const connected = await peer.next((f) => f.opcode === 1)
-  t.match(JSON.parse(connected.payload.toString()), { cmd: 'connected' })
+  const connected = JSON.parse((await peer.next((f) => f.opcode === 1)).payload.toString()) as { cmd: string, param: unknown }
+  t.match(connected, { cmd: 'connected' })
 
   const closing = app.close()
   const close = await peer.next((f) => f.opcode === 8)
@@ -188,29 +168,25 @@ t.test('shutdown deadline: a peer that never completes the closing handshake is 
   await closing
   t.pass('app.close() resolved although the peer never answered')
   await peer.ended
-  t.equal(await closedOnServer, 1006, 'the server dropped it without a handshake')
+  t.equal(await closed.wait(idOf(connected)), 1006, 'the server dropped it without a handshake')
   t.ok(logs.lines.some((l) => l.msg === 'connections still open at the shutdown deadline: terminating' && l.level === 40 && l.connections === 1), 'the straggler was counted in one warning')
 })
 
 t.test('shutdown deadline: a client whose socket is paused is terminated', async (t) => {
-  const app = await build({ shutdownTimeout: 50 }, room)
-  t.after(() => app.close())
-  const base = await listen(app)
-  const closedOnServer = serverClose(app)
-  const { client } = await connect(`${base}/ws/a`, sign({ sub: 'ann' }))
+  const { app, base } = await serve(t, { shutdownTimeout: 50 })
+  const closed = closes(app)
+  const { client, connected } = await connect(`${base}/ws/a`, sign({ sub: 'ann' }))
   const socket = (client.ws as unknown as { _socket: Socket })._socket
   socket.pause()
   await app.close()
-  t.equal(await closedOnServer, 1006, 'terminated at the deadline')
+  t.equal(await closed.wait(idOf(connected)), 1006, 'terminated at the deadline')
   socket.resume()
   // The close frame was already on the wire; the client reads it once it reads again.
   t.equal((await client.closed).code, 1001)
 })
 
 t.test('an upgrade that arrives while the server drains is refused with 503', async (t) => {
-  const app = await build({}, room)
-  t.after(() => app.close())
-  const base = await listen(app)
+  const { app, base } = await serve(t)
   const { client: quick } = await connect(`${base}/ws/a`, sign({ sub: 'ann' }))
   const { client: slow } = await connect(`${base}/ws/a`, sign({ sub: 'bob' }))
   const socket = (slow.ws as unknown as { _socket: Socket })._socket

@@ -5,9 +5,10 @@ import { addressBlock, RateByKey } from '../lib/limits.js'
 import { once } from 'node:events'
 import { createServer } from 'node:http'
 import { connect as tcpConnect, type AddressInfo } from 'node:net'
-import Fastify, { type FastifyInstance } from 'fastify'
-import forgeSocket, { type Broker, type BrokerMessage, type OutboundMessage } from '../plugin.js'
-import { build, listen, sign, connect, refused, Client, SECRET } from './helpers/server.js'
+import Fastify from 'fastify'
+import forgeSocket, { type OutboundMessage } from '../plugin.js'
+import { RecordingBroker } from './helpers/broker.js'
+import { closes, idOf, listen, room, serve, sign, connect, refused, Client, SECRET } from './helpers/server.js'
 
 /** A refusal without its headers (a Date among them), to compare whole. */
 function statusAndBody ({ status, body }: { status: number, body: unknown }): { status: number, body: unknown } {
@@ -16,27 +17,6 @@ function statusAndBody ({ status, body }: { status: number, body: unknown }): { 
 
 const auth = (sub: string): { headers: { authorization: string } } => ({ headers: { authorization: `Bearer ${sign({ sub })}` } })
 const RULE = '(1–255 characters of A-Z a-z 0-9 _ . : @ / -, no "..")'
-
-/** `/ws/:room` upgrades into `room-<room>`. */
-function room (app: FastifyInstance): void {
-  app.get('/ws/:room', app.socket.act('room', (app, ps) => ps.upgrade(`room-${ps.requestString('room', true)}`)))
-}
-
-/** Resolves with the server's close code of a connection once its close path ran (its slot is free by then). */
-function serverCloses (app: FastifyInstance): (id: string) => Promise<number> {
-  const seen = new Map<string, number>()
-  const waiting = new Map<string, (code: number) => void>()
-  app.socket.onClose((conn, code) => {
-    seen.set(conn.id, code)
-    waiting.get(conn.id)?.(code)
-  })
-  return (id) => {
-    const code = seen.get(id)
-    return code !== undefined ? Promise.resolve(code) : new Promise((resolve) => waiting.set(id, resolve))
-  }
-}
-
-const idOf = (connected: OutboundMessage): string => (connected.param as { connectionId: string }).connectionId
 
 /** Waits for the next `n` answers to pings (`pong` or `error`). */
 async function answers (client: Client, n: number): Promise<OutboundMessage[]> {
@@ -58,9 +38,7 @@ const rateLimited = (channel: string): OutboundMessage => ({
 t.test('inbound rate limit (rateLimit 10/s, burst 20)', async (t) => {
   const perSecond = 10
   const burst = 20
-  const app = await build({ rateLimit: { perSecond, burst } }, room)
-  t.after(() => app.close())
-  const base = await listen(app)
+  const { app, base } = await serve(t, { rateLimit: { perSecond, burst } })
   const { client: ann } = await connect(`${base}/ws/a`, sign({ sub: 'ann' }))
   const { client: bob } = await connect(`${base}/ws/b`, sign({ sub: 'bob' }))
   t.after(() => { ann.close(); bob.close() })
@@ -114,9 +92,7 @@ t.test('inbound rate limit (rateLimit 10/s, burst 20)', async (t) => {
 })
 
 t.test('malformed frames past badFrames.max in the window close with 1008', async (t) => {
-  const app = await build({ badFrames: { max: 3, window: 10000 } }, room)
-  t.after(() => app.close())
-  const base = await listen(app)
+  const { base } = await serve(t, { badFrames: { max: 3, window: 10000 } })
   const { client } = await connect(`${base}/ws/a`, sign({ sub: 'ann' }))
   const { client: other } = await connect(`${base}/ws/b`, sign({ sub: 'bob' }))
   t.after(() => other.close())
@@ -133,9 +109,7 @@ t.test('malformed frames past badFrames.max in the window close with 1008', asyn
 })
 
 t.test('by default (20 per 10 s) a handful of malformed frames do not close; the 21st does', async (t) => {
-  const app = await build({}, room)
-  t.after(() => app.close())
-  const base = await listen(app)
+  const { base } = await serve(t)
   const { client } = await connect(`${base}/ws/a`, sign({ sub: 'ann' }))
   for (let i = 0; i < 5; i++) client.send('[')
   const errors = await Promise.all(Array.from({ length: 5 }, () => client.next('error')))
@@ -149,10 +123,8 @@ t.test('by default (20 per 10 s) a handful of malformed frames do not close; the
 })
 
 t.test('connectionLimits.perIp: the third upgrade from 127.0.0.1 is refused with 429 until a slot is freed', async (t) => {
-  const app = await build({ connectionLimits: { perIp: 2 } }, room)
-  t.after(() => app.close())
-  const closes = serverCloses(app)
-  const base = await listen(app)
+  const { app, base } = await serve(t, { connectionLimits: { perIp: 2 } })
+  const closed = closes(app)
   const { client: ann, connected } = await connect(`${base}/ws/a`, sign({ sub: 'ann' }))
   const { client: bob } = await connect(`${base}/ws/a`, sign({ sub: 'bob' }))
   t.after(() => bob.close())
@@ -162,23 +134,24 @@ t.test('connectionLimits.perIp: the third upgrade from 127.0.0.1 is refused with
   }, 'a third user from the same IP is refused')
   t.equal(app.socket.connections().length, 2, 'the refused upgrade never became a connection')
   ann.close()
-  t.equal(await closes(idOf(connected)), 1000)
+  t.equal(await closed.wait(idOf(connected)), 1000)
   const { client: carol } = await connect(`${base}/ws/a`, sign({ sub: 'carol' }))
-  t.pass('after a close, the third connection from the IP succeeds')
+  t.strictSame(app.socket.connections().map((c) => c.profileId).sort(), ['bob', 'carol'], 'after a close, the third connection from the IP succeeds')
   t.equal((await refused(`${base}/ws/a`, auth('dave'))).status, 429, 'and the limit holds again')
   carol.close()
 })
 
 t.test('connectionLimits.perUser: a second connection of one user is 429; the slot is freed on every close path', async (t) => {
-  const app = await build({ connectionLimits: { perUser: 1 } }, (app) => {
-    room(app)
+  const { app, base } = await serve(t, { connectionLimits: { perUser: 1 } }, (app) => {
     app.socket.onOpen((conn) => { if (conn.home === 'room-boom') throw new Error('onOpen failed') })
   })
-  t.after(() => app.close())
-  const closes = serverCloses(app)
-  const base = await listen(app)
+  const closed = closes(app)
   const token = sign({ sub: 'ann' })
   let { client, connected } = await connect(`${base}/ws/a`, token)
+  /** Ann's connection on the server is the one just opened, and only that. */
+  const annAgain = (t: Test): void => {
+    t.strictSame(app.socket.connections().filter((c) => c.profileId === 'ann').map((c) => c.id), [idOf(connected)], 'ann connects again')
+  }
 
   t.test('a second connection of the same sub is refused; another user connects', async (t) => {
     t.strictSame(statusAndBody(await refused(`${base}/ws/b`, auth('ann'))), {
@@ -192,58 +165,56 @@ t.test('connectionLimits.perUser: a second connection of one user is 429; the sl
 
   t.test('client close frees the slot', async (t) => {
     client.close()
-    t.equal(await closes(idOf(connected)), 1000)
+    t.equal(await closed.wait(idOf(connected)), 1000)
     ;({ client, connected } = await connect(`${base}/ws/a`, token))
-    t.pass('ann connects again')
+    annAgain(t)
   })
 
   t.test('app.socket.disconnect frees the slot', async (t) => {
     t.ok(app.socket.disconnect(idOf(connected), 4000, 'bye'))
     t.strictSame(await client.closed, { code: 4000, reason: 'bye' })
-    t.equal(await closes(idOf(connected)), 4000)
+    t.equal(await closed.wait(idOf(connected)), 4000)
     ;({ client, connected } = await connect(`${base}/ws/a`, token))
-    t.pass('ann connects again')
+    annAgain(t)
   })
 
   t.test('the client terminating its socket frees the slot', async (t) => {
     client.ws.terminate()
-    t.equal(await closes(idOf(connected)), 1006, 'the server saw the TCP connection drop')
+    t.equal(await closed.wait(idOf(connected)), 1006, 'the server saw the TCP connection drop')
     ;({ client, connected } = await connect(`${base}/ws/a`, token))
-    t.pass('ann connects again')
+    annAgain(t)
   })
 
   t.test('a socket error (invalid UTF-8 → 1007) frees the slot', async (t) => {
     client.ws.send(Buffer.from([0x7b, 0xff, 0xfe, 0x7d]), { binary: false })
     t.equal((await client.closed).code, 1007, 'the client is told 1007')
     // The server's own code is 1006: @fastify/websocket terminates the socket on the error, after ws sent the 1007.
-    t.type(await closes(idOf(connected)), 'number', 'the server ran the close path')
+    t.type(await closed.wait(idOf(connected)), 'number', 'the server ran the close path')
     ;({ client, connected } = await connect(`${base}/ws/a`, token))
-    t.pass('ann connects again')
+    annAgain(t)
   })
 
   t.test('an onOpen hook that throws (close 1011) frees the slot', async (t) => {
     client.close()
-    await closes(idOf(connected))
+    await closed.wait(idOf(connected))
     const boom = await connect(`${base}/ws/boom`, token)
     t.strictSame(await boom.client.closed, { code: 1011, reason: 'internal error' })
-    t.equal(await closes(idOf(boom.connected)), 1011)
+    t.equal(await closed.wait(idOf(boom.connected)), 1011)
     ;({ client, connected } = await connect(`${base}/ws/a`, token))
-    t.pass('ann connects again')
+    annAgain(t)
     t.equal((await refused(`${base}/ws/b`, auth('ann'))).status, 429, 'and the limit holds again')
     client.close()
-    await closes(idOf(connected))
+    await closed.wait(idOf(connected))
   })
 })
 
 t.test('connectionLimits: heartbeat termination of a peer that never pongs frees its slot', async (t) => {
-  const app = await build({ connectionLimits: { perUser: 1, perIp: 1 }, heartbeat: { interval: 50, timeout: 30 } }, room)
-  t.after(() => app.close())
-  const closes = serverCloses(app)
-  const base = await listen(app)
+  const { app, base } = await serve(t, { connectionLimits: { perUser: 1, perIp: 1 }, heartbeat: { interval: 50, timeout: 30 } })
+  const closed = closes(app)
   const token = sign({ sub: 'ann' })
   const dead = new Client(`${base}/ws/a`, { headers: { authorization: `Bearer ${token}` }, autoPong: false })
   const connected = await dead.next('connected')
-  t.equal(await closes(idOf(connected)), 1006, 'the server terminated it')
+  t.equal(await closed.wait(idOf(connected)), 1006, 'the server terminated it')
   t.equal((await dead.closed).code, 1006, 'the peer saw no close frame')
   const { client } = await connect(`${base}/ws/a`, token)
   t.equal(app.socket.connections().length, 1, 'the same user and IP connect again')
@@ -251,10 +222,8 @@ t.test('connectionLimits: heartbeat termination of a peer that never pongs frees
 })
 
 t.test('connectionLimits: upgrades that race past the check get 429 or 1013, exactly one stays, no slot leaks', async (t) => {
-  const app = await build({ connectionLimits: { perUser: 1 } }, room)
-  t.after(() => app.close())
-  const closes = serverCloses(app)
-  const base = await listen(app)
+  const { app, base } = await serve(t, { connectionLimits: { perUser: 1 } })
+  const closed = closes(app)
   const token = sign({ sub: 'ann' })
   type Outcome = { open: Client, id: string } | { status: number } | { code: number }
   const attempt = (): Promise<Outcome> => new Promise((resolve) => {
@@ -278,35 +247,21 @@ t.test('connectionLimits: upgrades that race past the check get 429 or 1013, exa
   const winner = open[0]
   if (winner === undefined) return
   winner.open.close()
-  await closes(winner.id)
-  const { client } = await connect(`${base}/ws/a`, token)
-  t.pass('once the winner left, the user connects again: the refused upgrades took no slot')
+  await closed.wait(winner.id)
+  const again = await connect(`${base}/ws/a`, token)
+  t.strictSame(app.socket.connections().map((c) => c.id), [idOf(again.connected)], 'once the winner left, the user connects again: the refused upgrades took no slot')
+  const { client } = again
   client.close()
 })
 
 t.test('connection limits are off by default: 10 connections of one user succeed', async (t) => {
-  const app = await build({}, room)
-  t.after(() => app.close())
-  const base = await listen(app)
+  const { app, base } = await serve(t)
   const token = sign({ sub: 'ann' })
   const clients = await Promise.all(Array.from({ length: 10 }, () => connect(`${base}/ws/a`, token)))
   t.equal(app.socket.connections().length, 10)
   t.equal((await app.socket.presence('room-a'))[0]?.connections, 10)
   for (const { client } of clients) client.close()
 })
-
-/** A broker that records every call, so a test can show it was never asked about a name. */
-class RecordingBroker implements Broker {
-  readonly calls: string[] = []
-  start (): void {}
-  publish (message: BrokerMessage): void {
-    this.calls.push(`publish ${message.type} ${'channel' in message ? message.channel : ''}`)
-  }
-
-  subscribe (channel: string): void { this.calls.push(`subscribe ${channel}`) }
-  unsubscribe (channel: string): void { this.calls.push(`unsubscribe ${channel}`) }
-  close (): void {}
-}
 
 t.test('invalid channel names are refused before the registry or the broker see them', async (t) => {
   const invalid: Array<[string, string]> = [
@@ -336,15 +291,12 @@ t.test('invalid channel names are refused before the registry or the broker see 
   const huge = 'c'.repeat(256)
   const broker = new RecordingBroker()
   const asked: string[] = []
-  const app = await build({
+  const { app, base } = await serve(t, {
     broker,
     authorizeChannel: (_profile, channel) => { asked.push(channel); return true }
   }, (app) => {
-    room(app)
     app.get('/ws-raw', app.socket.act('raw', (app, ps) => ps.upgrade((ps.request.query as { name?: string }).name ?? '')))
   })
-  t.after(() => app.close())
-  const base = await listen(app)
   const { client, connected } = await connect(`${base}/ws/a`, sign({ sub: 'ann' }))
   t.after(() => client.close())
   const baseline = { channels: app.socket.channels(), calls: broker.calls.length }
@@ -398,8 +350,8 @@ t.test('invalid channel names are refused before the registry or the broker see 
       t.strictSame(await client.request(name, 'subscribe', null, 'ok'), { channel: name, cmd: 'reply', param: { channel: name }, ref: 'ok' })
     }
     t.strictSame(asked.splice(0), ['c'.repeat(255), 'a.b:c@d/e_f-g'], 'valid names reach the authorizer')
-    const subscribes = broker.calls.slice(baseline.calls).filter((call) => call.startsWith('subscribe '))
-    t.strictSame(subscribes, ['subscribe ' + 'c'.repeat(255), 'subscribe a.b:c@d/e_f-g'], 'and the broker')
+    const subscribes = broker.calls.slice(baseline.calls).filter((call) => call[0] === 'subscribe')
+    t.strictSame(subscribes, [['subscribe', 'c'.repeat(255)], ['subscribe', 'a.b:c@d/e_f-g']], 'and the broker')
   })
 })
 

@@ -1,15 +1,11 @@
 import t, { type Test } from 'tap'
-import Fastify, { type FastifyInstance } from 'fastify'
+import Fastify from 'fastify'
 import fastifyJwt from '@fastify/jwt'
 import fastifyCookie from '@fastify/cookie'
 import forgeSocket, { MemoryBroker, type ForgeSocketOptions, type Profile } from '../plugin.js'
 import { resolveOptions } from '../lib/options.js'
 import { stripQueryToken } from '../lib/auth.js'
-import { build, listen, sign, connect, refused, SECRET } from './helpers/server.js'
-
-function room (app: FastifyInstance): void {
-  app.get('/ws/:room', app.socket.act('room', (app, ps) => ps.upgrade(`room-${ps.requestString('room', true)}`)))
-}
+import { listen, room, serve, sign, connect, refused, SECRET } from './helpers/server.js'
 
 /** Registers forge-socket with `options` (as given, no test secret added) on a fresh app and boots it. */
 async function register (t: Test, options: unknown): Promise<void> {
@@ -171,8 +167,7 @@ t.test('auth.cookie needs @fastify/cookie registered first', async (t) => {
 })
 
 t.test('auth.query installs the URL stripper first and removes it on close', async (t) => {
-  const app = await build({ auth: { query: true } }, room)
-  const base = await listen(app)
+  const { app, base } = await serve(t, { auth: { query: true } })
   t.equal(app.server.listeners('upgrade')[0], stripQueryToken, 'runs before @fastify/websocket')
   const { client, connected } = await connect(`${base}/ws/a?token=${sign({ sub: 'ann' })}`)
   t.equal(connected.cmd, 'connected')
@@ -183,9 +178,7 @@ t.test('auth.query installs the URL stripper first and removes it on close', asy
 })
 
 t.test('without auth.query, ?token= is not accepted', async (t) => {
-  const app = await build({}, room)
-  t.after(() => app.close())
-  const base = await listen(app)
+  const { app, base } = await serve(t)
   // Installed anyway: a token in the URL is scrubbed before anything logs it, whatever the option says.
   t.ok(app.server.listeners('upgrade').includes(stripQueryToken))
   const { status, body } = await refused(`${base}/ws/a?token=${sign({ sub: 'ann' })}`)
@@ -194,9 +187,7 @@ t.test('without auth.query, ?token= is not accepted', async (t) => {
 })
 
 t.test('maxPayload is applied to the WebSocket server', async (t) => {
-  const app = await build({ maxPayload: 256 }, room)
-  t.after(() => app.close())
-  const base = await listen(app)
+  const { base } = await serve(t, { maxPayload: 256 })
   const { client } = await connect(`${base}/ws/a`, sign({ sub: 'ann' }))
   client.send({ channel: 'room-a', cmd: 'ping', param: 'x'.repeat(300) })
   t.equal((await client.closed).code, 1009)
@@ -206,9 +197,7 @@ t.test('presence: false sends no user-joined; the default does', async (t) => {
   // interval 0 sends each change at once, so the sentinel after bob's `connected` comes after his presence too.
   // (presence: false resolves to announce 'none': tested above.)
   for (const presence of [true, false]) {
-    const app = await build({ presence: { announce: presence ? 'events' : 'none', interval: 0 } }, room)
-    t.after(() => app.close())
-    const base = await listen(app)
+    const { app, base } = await serve(t, { presence: { announce: presence ? 'events' : 'none', interval: 0 } })
     const { client: first } = await connect(`${base}/ws/a`, sign({ sub: 'ann' }))
     const { client: second } = await connect(`${base}/ws/a`, sign({ sub: 'bob' }))
     app.socket.broadcast('room-a', { cmd: 'sentinel' })
@@ -222,11 +211,9 @@ t.test('presence: false sends no user-joined; the default does', async (t) => {
 
 t.test('authorizeChannel decides client subscriptions', async (t) => {
   const asked: Array<[string | undefined, string]> = []
-  const app = await build({
+  const { base } = await serve(t, {
     authorizeChannel: (profile, channel) => { asked.push([profile?.id, channel]); return channel.startsWith('open-') }
-  }, room)
-  t.after(() => app.close())
-  const base = await listen(app)
+  })
   const { client } = await connect(`${base}/ws/a`, sign({ sub: 'ann' }))
   t.same((await client.request('open-1', 'subscribe', null)).param, { channel: 'open-1' })
   t.match((await client.request('closed-1', 'subscribe', null)).param, { code: 'FST_SOCKET_FORBIDDEN' })

@@ -8,30 +8,28 @@ import { PresenceAnnouncer } from '../lib/presence.js'
 import forgeSocket, { MemoryBroker, MemoryHub, type ForgeSocketOptions } from '../plugin.js'
 import { flush } from './helpers/cluster.js'
 import { LogSink } from './helpers/logs.js'
-import { SECRET, connect, listen, refused, sign, type Client } from './helpers/server.js'
+import { SECRET, closes, connect, idOf, listen, refused, room, sign, type Client } from './helpers/server.js'
 
 /** A room route, clients that may subscribe to anything, and a way to wait for a connection's close on the server. */
 async function start (t: Test, options: ForgeSocketOptions, logs?: LogSink): Promise<{ app: FastifyInstance, base: string, open: (user: string, room?: string) => Promise<Client>, gone: (client: Client) => Promise<void> }> {
-  const closed = new Map<string, () => void>()
-  // Not helpers/server.ts's build: these tests run presence with its default interval unless they say otherwise.
+  // Not helpers/server.ts's serve: these tests run presence with its default interval unless they say otherwise.
   const app = Fastify({ logger: logs === undefined ? false : { level: 'warn', stream: logs.stream } })
   await app.register(forgeSocket, { jwt: { secret: SECRET }, authorizeChannel: () => true, ...options })
-  app.get('/ws/room/:room', app.socket.act('room', (app, ps) => ps.upgrade(`room-${ps.requestString('room', true)}`)))
-  app.socket.onClose((conn) => closed.get(conn.id)?.())
+  room(app)
+  const closed = closes(app)
   t.after(() => app.close())
   const base = await listen(app)
   const ids = new Map<Client, string>()
-  const open = async (user: string, room = 'a'): Promise<Client> => {
-    const { client, connected } = await connect(`${base}/ws/room/${room}`, sign({ sub: user }))
-    ids.set(client, (connected.param as { connectionId: string }).connectionId)
+  const open = async (user: string, name = 'a'): Promise<Client> => {
+    const { client, connected } = await connect(`${base}/ws/${name}`, sign({ sub: user }))
+    ids.set(client, idOf(connected))
     t.after(() => client.close())
     return client
   }
   /** Closes a client and resolves once the server has run its close path (its leaves included). */
   const gone = async (client: Client): Promise<void> => {
-    const done = new Promise<void>((resolve) => closed.set(ids.get(client) as string, resolve))
     client.close()
-    await done
+    await closed.wait(ids.get(client) as string)
   }
   return { app, base, open, gone }
 }
@@ -216,7 +214,7 @@ t.test('subscribe churn: past subscribeRate a connection is refused FST_SOCKET_L
 
 t.test('connection rate per IP: past the burst, 429 FST_SOCKET_CONNECTION_RATE_LIMITED with Retry-After, before the token is checked', async (t) => {
   const { base } = await start(t, { connectionLimits: { ratePerIp: 0.5, burst: 2 } })
-  const url = `${base}/ws/room/a`
+  const url = `${base}/ws/a`
   await connect(url, sign({ sub: 'ann' })).then(({ client }) => client.close())
   // A bad token counts too: every attempt costs the server work.
   t.equal((await refused(url, { headers: { authorization: 'Bearer nonsense' } })).status, 401)
@@ -231,7 +229,7 @@ t.test('connection rate per IP: past the burst, 429 FST_SOCKET_CONNECTION_RATE_L
 
 t.test('connection rate per user: counted once the token is verified', async (t) => {
   const { base } = await start(t, { connectionLimits: { ratePerUser: 0.5, burst: 2 } })
-  const url = `${base}/ws/room/a`
+  const url = `${base}/ws/a`
   for (let i = 0; i < 2; i++) (await connect(url, sign({ sub: 'ann' }))).client.close()
   const limited = await refused(url, { headers: { authorization: `Bearer ${sign({ sub: 'ann' })}` } })
   t.equal(limited.status, 429)
@@ -244,7 +242,7 @@ t.test('connection rate per user: counted once the token is verified', async (t)
 
 t.test('a refusal for too many open connections says Retry-After: 5', async (t) => {
   const { base } = await start(t, { connectionLimits: { perUser: 1 } })
-  const url = `${base}/ws/room/a`
+  const url = `${base}/ws/a`
   await connect(url, sign({ sub: 'ann' }))
   const full = await refused(url, { headers: { authorization: `Bearer ${sign({ sub: 'ann' })}` } })
   t.match(full, { status: 429, body: { code: 'FST_SOCKET_TOO_MANY_CONNECTIONS' }, headers: { 'retry-after': '5' } })

@@ -6,15 +6,10 @@ import createError from '@fastify/error'
 import Type from 'typebox'
 import type { WebSocket } from 'ws'
 import forgeSocket, { RESERVED_COMMANDS, forbidden, badRequest, type ActOptions, type ForgeSocketOptions, type CommandContext, type OutboundMessage } from '../plugin.js'
-import { build, listen, sign, connect, Client, SECRET } from './helpers/server.js'
+import { build, closes, idOf, listen, room, serve, sign, connect, Client, SECRET } from './helpers/server.js'
 
 const TOKEN = sign({ sub: 'ann' })
 const HOME = 'room-a'
-
-/** Adds the test route: `/ws/:room` upgrades into `room-<room>`. */
-function route (app: FastifyInstance, options: ActOptions = {}): void {
-  app.get('/ws/:room', app.socket.act('room', (app, ps) => ps.upgrade(`room-${ps.requestString('room', true)}`), options))
-}
 
 /** A listening app with the test route and one connected client in `room-a`. */
 async function start (
@@ -23,12 +18,10 @@ async function start (
   setup?: (app: FastifyInstance) => void,
   actOptions: ActOptions = {}
 ): Promise<{ app: FastifyInstance, client: Client, base: string, connected: OutboundMessage }> {
-  const app = await build(options, (app) => {
-    route(app, actOptions)
+  const { app, base } = await serve(t, options, (app) => {
+    room(app, actOptions)
     setup?.(app)
   })
-  t.after(() => app.close())
-  const base = await listen(app)
   const { client, connected } = await connect(`${base}/ws/a`, TOKEN)
   return { app, client, base, connected }
 }
@@ -60,9 +53,7 @@ function nestedObjects (depth: number): unknown {
 }
 
 t.test('the first message is `connected` with the connection id and its channels', async (t) => {
-  const app = await build({}, (app) => route(app))
-  t.after(() => app.close())
-  const base = await listen(app)
+  const { app, base } = await serve(t)
   const client = new Client(`${base}/ws/first`, { headers: { authorization: `Bearer ${TOKEN}` } })
   const [first] = await once(client.ws, 'message') as [Buffer]
   const connected = JSON.parse(first.toString()) as OutboundMessage
@@ -336,7 +327,7 @@ t.test('an unexpected handler failure is logged with its error; a refused messag
   })
   const app = Fastify({ logger: { level: 'debug', stream } })
   await app.register(forgeSocket, { jwt: { secret: SECRET } })
-  route(app)
+  room(app)
   app.socket.command('throw', { handler: () => { throw new Error('disk full') } })
   app.socket.command('forbid', { handler: () => { throw forbidden() } })
   t.after(() => app.close())
@@ -354,11 +345,12 @@ t.test('an unexpected handler failure is logged with its error; a refused messag
   t.notOk(lines.some((l) => JSON.stringify(l).includes('payload')), 'no param is logged')
 
   // A connection that never had an error logged: its debug lines carry its id all the same.
-  const closed = new Promise<string>((resolve) => app.socket.onClose((conn) => resolve(conn.id)))
+  const closed = closes(app)
   const second = await connect(`${base}/ws/a`, TOKEN)
   await second.client.request(HOME, 'forbid', null, 'l3')
   second.client.close()
-  const secondId = await closed
+  const secondId = idOf(second.connected)
+  await closed.wait(secondId)
   const ofSecond = lines.filter((l) => l.connId === secondId).map((l) => l.msg)
   t.ok(['connection open', 'message refused', 'connection closed'].every((msg) => ofSecond.includes(msg)), `open, refused and closed lines with its connId: ${ofSecond.join(', ')}`)
 })
@@ -515,18 +507,18 @@ t.test('a connection that closes while its subscribe is being authorized is left
   const gate = new Promise<void>((resolve) => { release = resolve })
   let asked: () => void = () => {}
   const authorizing = new Promise<void>((resolve) => { asked = resolve })
-  const { app, client, base } = await start(t, {
+  const { app, client, base, connected } = await start(t, {
     authorizeChannel: async () => {
       asked()
       await gate
       return true
     }
   })
-  const closedOnServer = new Promise<void>((resolve) => { app.socket.onClose(() => resolve()) })
+  const closed = closes(app)
   client.send({ channel: 'p-late', cmd: 'subscribe', ref: 'late' })
   await authorizing
   client.close()
-  await closedOnServer
+  await closed.wait(idOf(connected))
   release()
   // Another connection's round trip comes after everything the released subscribe does.
   const { client: other } = await connect(`${base}/ws/b`, TOKEN)

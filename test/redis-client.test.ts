@@ -12,7 +12,7 @@ import { Cluster, Redis } from 'ioredis'
 import forgeSocket, { RedisBroker, type RedisClient, type RedisConnectionOptions } from '../plugin.js'
 import { resolveOptions } from '../lib/options.js'
 import { loadRedis } from '../lib/broker/redis-client.js'
-import { SECRET, connect, listen, sign, type Client } from './helpers/server.js'
+import { SECRET, connect, listen, room, sign, type Client } from './helpers/server.js'
 import { Redis6, RedisProcess, requireRedis } from './helpers/redis.js'
 import { ROOT } from './helpers/demo-process.js'
 
@@ -175,7 +175,7 @@ t.test('with @fastify/redis', async (t) => {
     app.redis.on('error', () => {})
     setup(app)
     await app.register(forgeSocket, { jwt: { secret: SECRET }, broker: app.redis })
-    app.get('/ws/:room', app.socket.act('room', (app, ps) => ps.upgrade(`room-${ps.requestString('room', true)}`)))
+    room(app)
     return { app, base: await listen(app) }
   }
 

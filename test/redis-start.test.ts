@@ -11,7 +11,7 @@ import forgeSocket, { RedisBroker, type Broker } from '../plugin.js'
 import { resolveOptions } from '../lib/options.js'
 import { flush } from './helpers/cluster.js'
 import { LogSink } from './helpers/logs.js'
-import { SECRET, connect, listen, sign, type Client } from './helpers/server.js'
+import { SECRET, connect, listen, room, sign, type Client } from './helpers/server.js'
 import { RedisProcess, requireRedis } from './helpers/redis.js'
 import { ROOT, demoLogin, freePort, startDemo } from './helpers/demo-process.js'
 
@@ -79,7 +79,7 @@ if (requireRedis(t)) {
     const app = Fastify({ logger: { level: 'warn', stream: sink.stream } })
     t.after(() => app.close())
     await app.register(forgeSocket, { jwt: { secret: SECRET }, broker })
-    app.get('/ws/:room', app.socket.act('room', (app, ps) => ps.upgrade(`room-${ps.requestString('room', true)}`)))
+    room(app)
     return { app, base: await listen(app), broker, sink }
   }
 

@@ -3,7 +3,7 @@ import t, { type Test } from 'tap'
 import type { FastifyInstance } from 'fastify'
 import { RedisBroker } from '../plugin.js'
 import { flush, until } from './helpers/cluster.js'
-import { build, listen, sign, connect, type Client } from './helpers/server.js'
+import { serve, sign, connect, type Client } from './helpers/server.js'
 import { RedisProcess, requireRedis } from './helpers/redis.js'
 import { buildDemo } from '../examples/app.js'
 import { demoLogin, freePort, startDemo } from './helpers/demo-process.js'
@@ -12,12 +12,10 @@ if (requireRedis(t)) {
   /** One node: an app whose broker is a RedisBroker on `redis`, with a room route, listening. */
   async function node (t: Test, redis: RedisProcess, commandTimeout = 1000, nodeTtl = 3000): Promise<{ app: FastifyInstance, base: string, broker: RedisBroker }> {
     const broker = new RedisBroker({ redis: redis.url, commandTimeout, nodeTtl })
-    const app = await build({ broker }, (app) => {
-      app.get('/ws/:room', app.socket.act('room', (app, ps) => ps.upgrade(`room-${ps.requestString('room', true)}`)))
+    const { app, base } = await serve(t, { broker }, (app) => {
       app.socket.command('say', { handler: (param, { channel }) => { app.socket.broadcast(channel, { cmd: 'said', param }) } })
     })
-    t.after(() => app.close())
-    return { app, base: await listen(app), broker }
+    return { app, base, broker }
   }
 
 
@@ -140,9 +138,7 @@ if (requireRedis(t)) {
     const redis = await RedisProcess.start(t)
     const own = redis.client(t)
     for (const broker of [redis.url, { host: '127.0.0.1', port: redis.port }, own]) {
-      const app = await build({ broker })
-      app.get('/ws/:room', app.socket.act('room', (app, ps) => ps.upgrade(`room-${ps.requestString('room', true)}`)))
-      const base = await listen(app)
+      const { app, base } = await serve(t, { broker })
       const ann = await join(base, 'lobby', 'ann')
       t.equal(app.socket.status().broker, 'ok')
       ann.client.close()

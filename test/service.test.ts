@@ -1,7 +1,7 @@
 import t, { type Test } from 'tap'
 import type { FastifyInstance } from 'fastify'
-import { build, listen, sign, connect, type Client } from './helpers/server.js'
-import { MemoryBroker, MemoryHub, type Connection, type ForgeSocketOptions, type OutboundMessage, type Profile } from '../plugin.js'
+import { build, closes, listen, sign, connect, type Client } from './helpers/server.js'
+import type { Connection, ForgeSocketOptions, OutboundMessage, Profile } from '../plugin.js'
 
 type Message = Parameters<FastifyInstance['socket']['broadcast']>[1]
 // examples/app.ts merges fields into ForgeSocketProfile for the whole project; the profile passed to
@@ -9,8 +9,8 @@ type Message = Parameters<FastifyInstance['socket']['broadcast']>[1]
 
 /**
  * An app with three routes (`/ws/room/:room` → `room-<room>` with metadata `{ room }`, `/ws/user` → `user-<id>`,
- * `/ws/anon/:room` with optional auth), listening on port 0, and an onClose hook registered after `setup`'s hooks,
- * so a test can wait until the server has finished closing a connection (channels left, presence sent).
+ * `/ws/anon/:room` with optional auth), listening on port 0, and closes() after `setup`'s hooks, so a test can wait
+ * until the server has finished closing a connection (channels left, presence sent). Cross-node tests: broker.test.ts.
  */
 async function start (t: Test, options: ForgeSocketOptions = {}, setup?: (app: FastifyInstance) => void) {
   const app = await build(options, (app) => {
@@ -23,19 +23,8 @@ async function start (t: Test, options: ForgeSocketOptions = {}, setup?: (app: F
     setup?.(app)
   })
   t.after(() => app.close())
-
-  const codes = new Map<string, number>()
-  const waiting = new Map<string, (code: number) => void>()
-  app.socket.onClose((conn, code) => {
-    codes.set(conn.id, code)
-    waiting.get(conn.id)?.(code)
-  })
   /** Resolves with the close code once the server has closed the connection and run its onClose hooks. */
-  const closedOnServer = (id: string): Promise<number> => {
-    const code = codes.get(id)
-    if (code !== undefined) return Promise.resolve(code)
-    return new Promise((resolve) => waiting.set(id, resolve))
-  }
+  const closedOnServer = closes(app).wait
 
   const base = await listen(app)
   /** Connects as `user` (anonymous when undefined) and resolves once `connected` arrived. */
@@ -457,20 +446,6 @@ t.test('onOpen and onClose hooks', async (t) => {
     await carl.client.next('still-works')
   })
 
-  t.test('a broker that fails to unsubscribe still leaves every channel, and onClose runs', async (t) => {
-    class FailingBroker extends MemoryBroker {
-      override unsubscribe (): Promise<void> {
-        return Promise.reject(new Error('broker down'))
-      }
-    }
-    const { app, open, closedOnServer } = await start(t, { broker: new FailingBroker() })
-    const ann = await open('/ws/room/a', 'ann')
-    t.equal(await app.socket.join(ann.id, 'room-b'), true)
-    ann.client.close()
-    t.equal(await closedOnServer(ann.id), 1000)
-    t.same(app.socket.channels(), [], 'no channel kept the closed connection')
-  })
-
   t.test('an onOpen hook that throws closes that connection with 1011', async (t) => {
     let fail = true
     const { app, open, closedOnServer } = await start(t, {}, (app) => {
@@ -568,70 +543,4 @@ t.test("Project Forge's spellings: app.socket.upgrade and upgradeWithMetadata", 
   t.match(app.socket.connections('lobby'), [{ id: bob.id, profileId: 'someone-else', metadata: { plan: 'pro' } }], 'the profile passed in wins')
   t.throws(() => app.socket.upgrade('lobby'), { code: 'FST_SOCKET_OUTSIDE_ACT' })
   t.throws(() => app.socket.upgradeWithMetadata('lobby', null, {}), { code: 'FST_SOCKET_OUTSIDE_ACT' })
-})
-
-t.test('across nodes (two apps on one MemoryHub)', async (t) => {
-  const hub = new MemoryHub()
-  const a = await start(t, { broker: new MemoryBroker(hub) })
-  const b = await start(t, { broker: new MemoryBroker(hub) })
-  const ann = await a.open('/ws/room/a', 'ann')
-  const bob = await b.open('/ws/room/a', 'bob')
-
-  t.test('broadcast reaches the other node; the return value counts local recipients', async (t) => {
-    t.equal(a.app.socket.broadcast('room-a', { cmd: 'hello', param: 1 }), 1)
-    t.strictSame(await bob.client.next('hello'), { channel: 'room-a', cmd: 'hello', param: 1, seq: 1 })
-    t.strictSame(await ann.client.next('hello'), { channel: 'room-a', cmd: 'hello', param: 1, seq: 1 })
-    t.equal(a.app.socket.broadcast('room-a', { cmd: 'not-bob' }, { except: bob.id }), 1)
-    await ann.client.next('not-bob')
-    await flush(b.app, 'room-a', bob.client)
-    t.same(received(bob.client, 'not-bob'), [], 'except holds on every node')
-  })
-
-  t.test('sendToConnection reaches a connection on the other node', async (t) => {
-    t.equal(a.app.socket.sendToConnection(bob.id, { cmd: 'direct', param: { from: 'a' } }), false, 'false: not on this node')
-    t.strictSame(await bob.client.next('direct'), { channel: 'room-a', cmd: 'direct', param: { from: 'a' } })
-    a.app.socket.sendToConnection(bob.id, { channel: 'inbox', cmd: 'direct2' })
-    t.strictSame(await bob.client.next('direct2'), { channel: 'inbox', cmd: 'direct2', param: null })
-    t.equal(a.app.socket.sendToConnection('no-such-connection', { cmd: 'lost' }), false)
-  })
-
-  t.test('join and leave a connection on the other node', async (t) => {
-    t.equal(await a.app.socket.join(bob.id, 'room-z'), false)
-    t.same(b.app.socket.connections('room-z').map((c) => c.id), [bob.id])
-    t.equal(a.app.socket.broadcast('room-z', { cmd: 'in-z' }), 0)
-    t.equal((await bob.client.next('in-z')).channel, 'room-z')
-    t.equal(await a.app.socket.leave(bob.id, 'room-z'), false)
-    t.same(b.app.socket.connections('room-z'), [])
-    t.equal(await a.app.socket.join('no-such-connection', 'room-z'), false)
-    t.equal(await a.app.socket.leave('no-such-connection', 'room-z'), false)
-    t.same(b.app.socket.channels().map((c) => c.name), ['room-a'])
-  })
-
-  t.test('disconnect a connection on the other node', async (t) => {
-    t.equal(a.app.socket.disconnect(bob.id, 4000, 'bye'), false)
-    t.same(await bob.client.closed, { code: 4000, reason: 'bye' })
-    t.equal(await b.closedOnServer(bob.id), 4000)
-  })
-})
-
-t.test('a failing broker publish does not stop local delivery', async (t) => {
-  class ThrowingBroker extends MemoryBroker {
-    override publish (): void {
-      throw new Error('broker down')
-    }
-  }
-  class RejectingBroker extends MemoryBroker {
-    override publish (): Promise<void> {
-      return Promise.reject(new Error('broker down'))
-    }
-  }
-  for (const broker of [new ThrowingBroker(), new RejectingBroker()]) {
-    const { app, open } = await start(t, { broker })
-    const ann = await open('/ws/room/a', 'ann')
-    t.equal(app.socket.broadcast('room-a', { cmd: 'local' }), 1, broker.constructor.name)
-    t.match(await ann.client.next('local'), { seq: 1 })
-    t.equal(app.socket.sendToConnection('elsewhere', { cmd: 'x' }), false)
-    t.equal(await app.socket.join('elsewhere', 'room-a'), false)
-    t.equal(app.socket.disconnect('elsewhere'), false)
-  }
 })

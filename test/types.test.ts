@@ -3,7 +3,7 @@
 // calls behave as typed.
 import t from 'tap'
 import Type from 'typebox'
-import { build, listen, sign, connect } from './helpers/server.js'
+import { build, listen, serve, sign, connect } from './helpers/server.js'
 import type { PageState, UpgradeTicket } from '../plugin.js'
 import type { FastifyInstance } from 'fastify'
 import type fastifyRedis from '@fastify/redis'
@@ -51,15 +51,13 @@ declare module '../lib/client/types.js' {
 }
 
 t.test('the client checks declared command params on send and types them on `on`', async (t) => {
-  const app = await build()
-  t.after(() => app.close())
-  app.socket.command('typed-note', {
-    handler: (param, { channel, connection }) => {
-      app.socket.broadcast(channel, { cmd: 'typed-note', param: { from: connection.profileId, text: (param as { text: string }).text } })
-    }
+  const { base } = await serve(t, {}, (app) => {
+    app.socket.command('typed-note', {
+      handler: (param, { channel, connection }) => {
+        app.socket.broadcast(channel, { cmd: 'typed-note', param: { from: connection.profileId, text: (param as { text: string }).text } })
+      }
+    })
   })
-  app.get('/ws/:room', app.socket.act('typed', (_app, ps) => ps.upgrade(`room-${ps.requestString('room', true)}`)))
-  const base = await listen(app)
   const { Socket } = await import('../lib/client/index.js')
   const { default: WebSocket } = await import('ws')
   const socket = new Socket({ url: `${base}/ws/a`, token: sign({ sub: 'ann' }), WebSocket })

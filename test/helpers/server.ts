@@ -1,7 +1,8 @@
+import type { Test } from 'tap'
 import Fastify, { type FastifyInstance } from 'fastify'
 import { createSigner } from 'fast-jwt'
 import WebSocket from 'ws'
-import forgeSocket, { type ForgeSocketOptions, type OutboundMessage } from '../../plugin.js'
+import forgeSocket, { type ActOptions, type ForgeSocketOptions, type OutboundMessage } from '../../plugin.js'
 
 export const SECRET = 'test-secret-that-is-long-enough-for-hs256'
 
@@ -29,6 +30,50 @@ export async function build (options: ForgeSocketOptions = {}, setup?: (app: Fas
 export async function listen (app: FastifyInstance): Promise<string> {
   const address = await app.listen({ port: 0, host: '127.0.0.1' })
   return address.replace(/^http/, 'ws')
+}
+
+/** The room route: `/ws/:room` upgrades into channel `room-<room>`. */
+export function room (app: FastifyInstance, options: ActOptions = {}): void {
+  app.get('/ws/:room', app.socket.act('room', (app, ps) => ps.upgrade(`room-${ps.requestString('room', true)}`), options))
+}
+
+/**
+ * build()'s app with `setup`'s routes and hooks, then the room route (unless `setup` added its own `GET /ws/:room`),
+ * listening on a free port and closed after the test. `base` is the ws:// base URL.
+ */
+export async function serve (t: Test, options: ForgeSocketOptions = {}, setup?: (app: FastifyInstance) => void | Promise<void>): Promise<{ app: FastifyInstance, base: string }> {
+  const app = await build(options, async (app) => {
+    await setup?.(app)
+    if (!app.hasRoute({ method: 'GET', url: '/ws/:room' })) room(app)
+  })
+  t.after(() => app.close())
+  return { app, base: await listen(app) }
+}
+
+/** The connection id a `connected` message carries. */
+export function idOf (connected: { param: unknown }): string {
+  return (connected.param as { connectionId: string }).connectionId
+}
+
+/**
+ * The server's close code of each connection, by id, from an onClose hook registered now (after the hooks already
+ * there), so `wait(id)` resolves once the connection's close path ran: channels left, slot freed, presence sent.
+ */
+export function closes (app: FastifyInstance): { wait: (id: string) => Promise<number>, codes: Map<string, number> } {
+  const codes = new Map<string, number>()
+  const waiters = new Map<string, (code: number) => void>()
+  app.socket.onClose((conn, code) => {
+    codes.set(conn.id, code)
+    waiters.get(conn.id)?.(code)
+    waiters.delete(conn.id)
+  })
+  return {
+    codes,
+    wait: (id) => {
+      const code = codes.get(id)
+      return code !== undefined ? Promise.resolve(code) : new Promise((resolve) => waiters.set(id, resolve))
+    }
+  }
 }
 
 /** A test client: collects every message and lets a test wait for the next one that matches. */
