@@ -1,8 +1,8 @@
 // The parts the client's Socket is made of, one by one: error and close-code tables, request correlation, the
 // emitter, the liveness timers, the token, and the close outcome. The Socket's own behaviour is in client*.test.ts.
-import t from 'tap'
+import t, { type Test } from 'tap'
 import { readFile } from 'node:fs/promises'
-import { setTimeout as sleep } from 'node:timers/promises'
+import { mock } from 'node:test'
 import { CloseCode, closeAction, QueueFullError, SocketError, type Message, type SocketState } from '../lib/client/index.js'
 import { closeOutcome } from '../lib/client/close-policy.js'
 import { Emitter } from '../lib/client/emitter.js'
@@ -18,11 +18,19 @@ function recorder (): { report: (error: SocketError) => void, log: (line: string
   return { report: (error) => errors.push(error), log: (line) => lines.push(line), errors, lines }
 }
 
-/** Resolves once `check()` holds, checked every 10 ms; fails after 2 s. */
-async function until (check: () => boolean): Promise<void> {
-  for (let waited = 0; !check(); waited += 10) {
-    if (waited > 2000) throw new Error('timed out')
-    await sleep(10)
+/**
+ * Runs the test on a fake clock (node:test's mock timers: setTimeout, setInterval and Date), so timers fire when the
+ * test moves time, not when the machine gets round to it.
+ */
+function fakeClock (t: Test): { tick: (ms: number) => Promise<void> } {
+  mock.timers.enable({ apis: ['setTimeout', 'setInterval', 'Date'], now: 1_000_000 })
+  t.after(() => mock.timers.reset())
+  return {
+    // Moves time, then lets what the timers started (promises) run.
+    tick: async (ms) => {
+      mock.timers.tick(ms)
+      await new Promise((resolve) => setImmediate(resolve))
+    }
   }
 }
 
@@ -49,22 +57,11 @@ t.test('QueueFullError is a SocketError with its code', async (t) => {
   t.equal(err.message, 'The send queue is full (2 messages or 10 bytes)')
 })
 
-t.test('CloseCode: frozen, the codes the policy names', async (t) => {
+t.test('CloseCode: frozen, and exactly the codes of the close-code table in docs/protocol.md', async (t) => {
   t.ok(Object.isFrozen(CloseCode))
-  t.same({ ...CloseCode }, {
-    NORMAL: 1000,
-    GOING_AWAY: 1001,
-    UNSUPPORTED_DATA: 1003,
-    INVALID_PAYLOAD: 1007,
-    POLICY_VIOLATION: 1008,
-    MESSAGE_TOO_BIG: 1009,
-    INTERNAL_ERROR: 1011,
-    TRY_AGAIN_LATER: 1013,
-    STOP: 4000,
-    UNAUTHORIZED: 4001,
-    FORBIDDEN: 4003,
-    SLOW_CONSUMER: 4008
-  })
+  const doc = await readFile(new URL('../docs/protocol.md', import.meta.url), 'utf8')
+  const documented = doc.split('\n').flatMap((line) => /^\| ([0-9 /]+) \|/.exec(line)?.[1]?.split(' / ').map(Number) ?? [])
+  t.same(Object.values(CloseCode).sort(), documented.sort())
   t.equal(closeAction(CloseCode.UNAUTHORIZED), 'refresh-token')
   t.equal(closeAction(CloseCode.SLOW_CONSUMER), 'reconnect')
 })
@@ -166,46 +163,57 @@ t.test('Liveness', async (t) => {
   }
 
   t.test('pings after interval of silence, gives up after interval + timeout', async (t) => {
+    const clock = fakeClock(t)
     const { live, events } = liveness({ heartbeat: { interval: 100, timeout: 300 }, reconnect: { resetAfter: 10_000 } })
     live.heard()
     live.up()
-    await sleep(200)
-    t.ok(events.length > 0 && events.every((e) => e === 'ping'), 'past interval: pings, each check')
-    await until(() => events.includes('silent ≥ interval + timeout'))
+    await clock.tick(99)
+    t.same(events, [], 'quiet before interval')
+    await clock.tick(101)
+    t.same(events, ['ping', 'ping', 'ping'], 'past interval: a ping at each check (every 50 ms)')
+    await clock.tick(200)
+    t.equal(events.at(-1), 'silent ≥ interval + timeout')
     live.stop()
     const count = events.length
-    await sleep(120)
+    await clock.tick(1000)
     t.equal(events.length, count, 'nothing after stop()')
   })
 
   t.test('traffic keeps it quiet', async (t) => {
+    const clock = fakeClock(t)
     const { live, events } = liveness({ heartbeat: { interval: 100, timeout: 100 } })
     live.heard()
     live.up()
     for (let i = 0; i < 8; i++) {
-      await sleep(20)
+      await clock.tick(90)
       live.heard()
     }
     t.same(events, [])
   })
 
   t.test('stable after resetAfter; no heartbeat when it is off', async (t) => {
+    const clock = fakeClock(t)
     const { live, events } = liveness({ heartbeat: false, reconnect: { resetAfter: 10 } })
     live.up()
-    await sleep(40)
+    await clock.tick(9)
+    t.same(events, [])
+    await clock.tick(1)
     t.same(events, ['stable'])
+    await clock.tick(1000)
+    t.same(events, ['stable'], 'once')
   })
 
   t.test('the handshake timer: its timeout with connectTimeout, unless settled or stopped', async (t) => {
+    const clock = fakeClock(t)
     const { live } = liveness({ connectTimeout: 10 })
     const timeouts: number[] = []
     live.connecting((ms) => timeouts.push(ms))
-    await sleep(30)
+    await clock.tick(10)
     live.connecting((ms) => timeouts.push(-ms))
     live.settled()
     live.connecting((ms) => timeouts.push(-ms))
     live.stop()
-    await sleep(30)
+    await clock.tick(1000)
     t.same(timeouts, [10])
   })
 })
@@ -236,15 +244,21 @@ t.test('Token', async (t) => {
   })
 
   t.test('refreshed in band at half-life when that is sooner than refreshBefore, then scheduled again', async (t) => {
+    const clock = fakeClock(t)
     const out = recorder()
     const sent: string[] = []
+    // Each lives 100 ms from now, then one of an hour.
     const tokens = [jwt(0.1), jwt(0.1), jwt(3600)]
     const token = new Token({ token: () => tokens.shift() as string }, out, async (fresh) => { sent.push(fresh) })
     t.after(() => token.stop())
     await token.fetch()
     token.schedule()
-    await sleep(150)
-    t.equal(sent.length, 2, 'refreshed, and the fresh token (also short-lived) refreshed too')
+    await clock.tick(49)
+    t.equal(sent.length, 0, 'not before half-life (refreshBefore, 30 s, is longer than the token)')
+    await clock.tick(1)
+    t.equal(sent.length, 1, 'at half-life')
+    await clock.tick(25)
+    t.equal(sent.length, 2, 'and the fresh token (50 ms left) at its half-life')
     t.same(out.lines, ['token refreshed', 'token refreshed'])
     t.equal(tokens.length, 0)
   })
@@ -254,16 +268,18 @@ t.test('Token', async (t) => {
     const sent: string[] = []
     const noExp = `e30.${Buffer.from('{}').toString('base64url')}.sig`
     const sources = [jwt(0.01), () => 'opaque', () => 'a.%%%.b', () => noExp]
+    const clock = fakeClock(t)
     for (const source of sources) {
       const token = new Token({ token: source }, out, async (fresh) => { sent.push(fresh) })
       await token.fetch()
       token.schedule()
     }
-    await sleep(40)
+    await clock.tick(60_000)
     t.same(sent, [])
   })
 
   t.test('a failed refresh is reported: the provider as FST_SOCKET_TOKEN_PROVIDER, the server as it answered', async (t) => {
+    const clock = fakeClock(t)
     const out = recorder()
     let calls = 0
     const failing = new Token({ token: () => { if (++calls > 1) throw new Error('no session'); return jwt(0.02) } }, out, async () => {})
@@ -272,7 +288,7 @@ t.test('Token', async (t) => {
     const refused = new Token({ token: () => jwt(0.02) }, out, async () => { throw new SocketError('FST_SOCKET_UNAUTHORIZED', 'no') })
     await refused.fetch()
     refused.schedule()
-    await sleep(60)
+    await clock.tick(10)
     t.same(out.errors.map((e) => [e.code, e.message]), [
       [ClientErrorCode.TOKEN_PROVIDER, 'The token provider failed: no session'],
       ['FST_SOCKET_UNAUTHORIZED', 'no']
@@ -280,13 +296,14 @@ t.test('Token', async (t) => {
   })
 
   t.test('stop() cancels a scheduled refresh', async (t) => {
+    const clock = fakeClock(t)
     const out = recorder()
     const sent: string[] = []
     const token = new Token({ token: () => jwt(0.02) }, out, async (fresh) => { sent.push(fresh) })
     await token.fetch()
     token.schedule()
     token.stop()
-    await sleep(40)
+    await clock.tick(60_000)
     t.same(sent, [])
   })
 })
