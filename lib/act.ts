@@ -116,7 +116,7 @@ export type ActRouteOptions = RouteShorthandOptions & {
 /** What the upgrade route needs of the socket lifecycle (lib/lifecycle.ts). */
 export interface UpgradeGate {
   readonly closing: boolean
-  admit (what: 'IP address' | 'user', key: string | null | undefined): void
+  admit (what: 'IP address' | 'user', key: string | null): void
   accept (socket: WebSocket, plan: UpgradePlan, stream: Duplex | null): void
 }
 
@@ -139,7 +139,7 @@ export function actRoute (gate: UpgradeGate, auth: Authenticator, origins: reado
       if (!request.ws) throw new errors.FST_SOCKET_UPGRADE_REQUIRED()
       checkOrigin(request, origins)
       // Before authenticate: this refusal needs no token, and verifying one may cost a JWKS fetch.
-      gate.admit('IP address', request.ip as string | undefined)
+      gate.admit('IP address', request.ip as string | null)
       const { profile, payload } = await auth.authenticate(request, required)
       gate.admit('user', profile?.id ?? null)
       const ps = new PageState(name, request, profile, payload, options.onBinary)
@@ -157,8 +157,9 @@ export function actRoute (gate: UpgradeGate, auth: Authenticator, origins: reado
     handler (socket, request) {
       const upgraded = request as UpgradingRequest
       // Nothing may keep the upgrade's request and response alive as long as the connection (a few KiB each):
-      // the response @fastify/websocket gave the socket, to refuse with a status, is detached (and the lifecycle
-      // replaces the socket's 'error' listener, which holds both).
+      // the response @fastify/websocket gave the socket, to refuse with a status, is detached (and, where
+      // @fastify/websocket's default error handler is in place, the lifecycle replaces the socket's 'error'
+      // listener, which holds both).
       const response = upgraded[kResponse]
       if (response?.socket != null) response.detachSocket(response.socket)
       // preValidation always sets the plan before @fastify/websocket upgrades. Without a TCP socket

@@ -27,14 +27,14 @@ export interface ClusterStatus {
  */
 export class Cluster {
   /** This node's id, tagged on everything it publishes. */
-  readonly nodeId: string
+  readonly #nodeId: string
   readonly #hub: Hub
   readonly #broker: Broker
   readonly #log: FastifyBaseLogger
   readonly #presence: PresenceAnnouncer
 
   constructor (nodeId: string, hub: Hub, broker: Broker, presence: Readonly<ResolvedPresence>, log: FastifyBaseLogger) {
-    this.nodeId = nodeId
+    this.#nodeId = nodeId
     this.#hub = hub
     this.#broker = broker
     this.#log = log
@@ -57,7 +57,7 @@ export class Cluster {
   async start (wait: number): Promise<void> {
     const broker = this.#broker
     await broker.start({
-      nodeId: this.nodeId,
+      nodeId: this.#nodeId,
       deliver: (message) => this.receive(message),
       log: this.#log.child({ broker: true }),
       counts: () => this.#hub.counts(),
@@ -83,7 +83,7 @@ export class Cluster {
   /** A channel message to its members on every node; returns how many local connections it was written to. */
   broadcast (message: OutboundMessage, except?: string): number {
     const delivered = this.#hub.deliver(message.channel, message, except)
-    this.#publish({ type: 'channel', origin: this.nodeId, channel: message.channel, message, except })
+    this.#publish({ type: 'channel', origin: this.#nodeId, channel: message.channel, message, except })
     return delivered
   }
 
@@ -91,7 +91,7 @@ export class Cluster {
   sendToConnection (connectionId: string, message: DirectMessage): boolean {
     const conn = this.#hub.get(connectionId)
     if (conn !== undefined) return this.#hub.send(conn, message)
-    this.#publish({ type: 'connection', origin: this.nodeId, connectionId, message: { channel: message.channel, cmd: message.cmd, param: message.param ?? null } })
+    this.#publish({ type: 'connection', origin: this.#nodeId, connectionId, message: { channel: message.channel, cmd: message.cmd, param: message.param ?? null } })
     return false
   }
 
@@ -99,7 +99,7 @@ export class Cluster {
   async joinConnection (connectionId: string, channel: string): Promise<boolean> {
     const conn = this.#hub.get(connectionId)
     if (conn !== undefined) await this.join(conn, channel)
-    else await this.#publish({ type: 'join', origin: this.nodeId, connectionId, channel })
+    else await this.#publish({ type: 'join', origin: this.#nodeId, connectionId, channel })
     return conn !== undefined
   }
 
@@ -107,21 +107,21 @@ export class Cluster {
   async leaveConnection (connectionId: string, channel: string): Promise<boolean> {
     const conn = this.#hub.get(connectionId)
     if (conn !== undefined) await this.leave(conn, channel)
-    else await this.#publish({ type: 'leave', origin: this.nodeId, connectionId, channel })
+    else await this.#publish({ type: 'leave', origin: this.#nodeId, connectionId, channel })
     return conn !== undefined
   }
 
   /** Closes a connection on any node; true when it is on this node. */
   disconnect (connectionId: string, code: number, reason: string): boolean {
     if (this.#hub.close(connectionId, code, reason)) return true
-    this.#publish({ type: 'disconnect', origin: this.nodeId, connectionId, code, reason })
+    this.#publish({ type: 'disconnect', origin: this.#nodeId, connectionId, code, reason })
     return false
   }
 
   /** Closes a user's connections on every node; returns how many were on this one. */
   disconnectUser (user: string, code: number, reason: string): number {
     const closed = this.#hub.closeUser(user, code, reason)
-    this.#publish({ type: 'disconnect-user', origin: this.nodeId, user, code, reason })
+    this.#publish({ type: 'disconnect-user', origin: this.#nodeId, user, code, reason })
     return closed
   }
 
@@ -158,7 +158,7 @@ export class Cluster {
   receive (message: BrokerMessage): void {
     // Its own messages, echoed back, were delivered here already; news about its own presence (it was taken for
     // dead while frozen, and is back) is not for its members, who never saw anyone go.
-    if (message.origin === this.nodeId) return
+    if (message.origin === this.#nodeId) return
     switch (message.type) {
       case 'channel':
         this.#hub.deliver(message.channel, message.message, message.except)
@@ -193,7 +193,7 @@ export class Cluster {
    */
   async status (): Promise<ClusterStatus> {
     const broker = this.#broker
-    let nodes: NodeReport[] = [{ node: this.nodeId, ...this.#hub.counts(), at: Date.now() }]
+    let nodes: NodeReport[] = [{ node: this.#nodeId, ...this.#hub.counts(), at: Date.now() }]
     if (broker.nodes !== undefined) {
       try {
         nodes = await broker.nodes()

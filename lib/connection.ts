@@ -72,7 +72,7 @@ export interface PendingFrames {
   bytes: number
 }
 
-/** What a connection starts from (the upgrade's plan, and what the service adds). */
+/** What a connection starts from (the upgrade's plan, and what the lifecycle adds). */
 export interface ConnectionInit {
   id: string
   socket: WebSocket
@@ -124,7 +124,7 @@ export class Connection implements Deadlined {
   messagesOut = 0
   bytesIn = 0
   bytesOut = 0
-  /** The token expiry's place in the service's queue (lib/deadlines.ts). */
+  /** The token expiry's place in the expiry queue (lib/expiry.ts, lib/deadlines.ts). */
   deadline = 0
   deadlineSlot = -1
   readonly #socket: WebSocket

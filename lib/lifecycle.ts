@@ -143,13 +143,11 @@ export class Lifecycle {
    * its new connections a second (429, when the next is allowed). Every attempt counts against the rate, refused
    * or not, so a loop of refused attempts stays refused. An IP's rate counts its address block (IPv6 by /64).
    */
-  admit (what: 'IP address' | 'user', key: string | null | undefined): void {
-    const [open, rate, rateKey] = what === 'user'
-      ? [this.#perUser, this.#ratePerUser, key ?? null]
-      : [this.#perIp, this.#ratePerIp, addressBlock(key ?? undefined)]
-    const wait = rate.take(rateKey, Date.now())
+  admit (what: 'IP address' | 'user', key: string | null): void {
+    const ip = what === 'IP address'
+    const wait = (ip ? this.#ratePerIp : this.#ratePerUser).take(ip ? addressBlock(key ?? undefined) : key, Date.now())
     if (wait > 0) throw withRetryAfter(new errors.FST_SOCKET_CONNECTION_RATE_LIMITED(what), wait)
-    if (!open.allows(key ?? null)) throw withRetryAfter(new errors.FST_SOCKET_TOO_MANY_CONNECTIONS(what), FULL_RETRY_AFTER)
+    if (!(ip ? this.#perIp : this.#perUser).allows(key)) throw withRetryAfter(new errors.FST_SOCKET_TOO_MANY_CONNECTIONS(what), FULL_RETRY_AFTER)
   }
 
   /** Takes an upgraded socket: a Connection, listening before any await, told `connected`, then opened. */

@@ -169,7 +169,8 @@ export class ConnectionCounter {
  * addressBlock('2001:db8::1')   // '2001:db8:0:0::/64'
  */
 export function addressBlock (ip: string | undefined): string | null {
-  // `app.injectWS` requests have no address: no per-IP rate for them, as no per-IP count.
+  // `app.injectWS` requests have no address: no per-IP rate for them (the per-IP count holds them all under one
+  // missing address).
   if (typeof ip !== 'string') return null
   if (!ip.includes(':')) return ip
   const address = ip.split('%')[0] as string

@@ -4,13 +4,12 @@ import type { Static } from 'typebox'
 import { OptionsSchema, PresenceSchema, type OptionsData } from '../schemas/options.js'
 import { errors, firstError } from './errors.js'
 import { resolveJwtOptions, type JwtOptions, type TokenPayload } from './jwt.js'
-
-export type { TokenPayload } from './jwt.js'
 import { BROKER_METHODS, isBroker, type Broker } from './broker/broker.js'
 import { MemoryBroker } from './broker/memory.js'
 import { RedisBroker } from './broker/redis.js'
 import { checkRedisClient, looksLikeRedisClient, type RedisClient, type RedisConnectionOptions } from './broker/redis-client.js'
 
+export type { TokenPayload } from './jwt.js'
 
 /**
  * The profile a connection carries. Users add their own fields by merging into this interface:

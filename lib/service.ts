@@ -133,7 +133,8 @@ export class SocketService {
 
   /**
    * Sends a message to one connection, wherever it is. The envelope's channel is `message.channel` or the channel
-   * the connection started in. Returns true when the connection is on this node.
+   * the connection started in. Returns true when the connection is on this node and took it (false when it is
+   * elsewhere, or closing).
    *
    * @example
    * app.socket.sendToConnection(id, { cmd: 'kicked', param: { reason: 'spam' } })

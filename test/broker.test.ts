@@ -102,6 +102,8 @@ t.test('memory broker: two apps on one hub', async (t) => {
     a.app.socket.broadcast('room-only-b', { cmd: 'for-b' })
     await bob.client.next('for-b')
     t.match(seen, [{ type: 'channel', channel: 'room-only-b', origin: a.app.socket.nodeId }], 'B gets messages for its channel')
+    t.equal(b.app.socket.status().messagesOut, 2, 'and counts the delivery of another node\'s message, once')
+    t.equal(a.app.socket.status().messagesOut, 2, 'which A does not count: it wrote nothing (ann\'s `connected` and for-a)')
 
     ann.client.close()
     bob.client.close()

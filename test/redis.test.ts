@@ -209,8 +209,10 @@ if (requireRedis(t)) {
     t.same((await a.socket.presence('chat-room-lobby')).map((p) => p.user).sort(), ['ann', 'bob', 'carl'])
     await Promise.all([bob.next('while-frozen'), carl.next('while-frozen')])
     await flush(a, 'chat-room-lobby', bob, carl)
-    t.notOk([...bob.messages, ...carl.messages].some((m) => m.cmd === 'user-left' || m.cmd === 'user-joined'),
-      'B\'s own members never saw each other go')
+    // Each other: that A's users come and go for them is no error (a loaded machine can stall A past its 600 ms too).
+    const aboutB = (m: { cmd: string, param: unknown }): boolean => (m.cmd === 'user-left' || m.cmd === 'user-joined') &&
+      ['bob', 'carl'].includes((m.param as { user?: string }).user ?? '')
+    t.notOk([...bob.messages, ...carl.messages].some(aboutB), 'B\'s own members never saw each other go')
     for (const c of [ann, bob, carl]) c.close()
   })
 

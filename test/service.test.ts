@@ -352,7 +352,7 @@ t.test('disconnect', async (t) => {
 })
 
 t.test('status, channels and connections', async (t) => {
-  const { app, open } = await start(t)
+  const { app, open, closedOnServer } = await start(t)
   const before = Date.now()
 
   t.test('an idle node', async (t) => {
@@ -392,6 +392,16 @@ t.test('status, channels and connections', async (t) => {
     t.match(app.socket.status(), { messagesIn: 1, messagesOut: 4 })
     t.same(app.socket.channels().find((c) => c.name === 'room-a')?.seq, 1)
     t.same(app.socket.connections('room-b').map((c) => c.id), [bob.id])
+
+    // The node's counts are its connections' own, summed: an `error` answer counts like any message, and a
+    // connection's messages still count after it has gone.
+    const refused = ann.client.next('error')
+    ann.client.send('not json')
+    await refused
+    t.match(app.socket.status(), { messagesIn: 2, messagesOut: 5 })
+    ann.client.close()
+    await closedOnServer(ann.id)
+    t.match(app.socket.status(), { connections: 1, messagesIn: 2, messagesOut: 5 }, 'counted once, after ann left too')
   })
 })
 

@@ -52,7 +52,7 @@ export interface NodeReport extends NodeCounts {
   at: number
 }
 
-/** What the service gives its broker at start: its id, where other nodes' messages go, and its own state. */
+/** What the cluster layer (lib/cluster.ts) gives its broker at start: its id, where other nodes' messages go, and its own state. */
 export interface BrokerHost {
   readonly nodeId: string
   /** Hands a message from another node to this node's connections. */

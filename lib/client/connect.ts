@@ -44,6 +44,7 @@ export function resolveUrl (url: string, location = browser.location): string {
   return `${scheme}://${location.host}${url.startsWith('/') ? '' : '/'}${url}`
 }
 
+/** Opens each attempt's WebSocket: the URL, the subprotocol and token, and the wiring of its events to the Socket. */
 export class Endpoint {
   /** The ws(s) URL, without a token. */
   readonly url: string

@@ -1,8 +1,3 @@
-/**
- * Everything the socket tells the application: messages to the `on(cmd)` listeners (`'*'` for every message) and
- * `onMessage`; state changes to the state listeners (the `onStateChange` option and method); errors to `onError`;
- * and, with `debug`, one line per event to the logger.
- */
 import type { SocketError } from './errors.js'
 import type { SocketOptions } from './options.js'
 import type { Message, SocketState } from './types.js'
@@ -16,6 +11,11 @@ export interface Reporter {
   log (line: string): void
 }
 
+/**
+ * Everything the socket tells the application: messages to the `on(cmd)` listeners (`'*'` for every message) and
+ * `onMessage`; state changes to the state listeners (the `onStateChange` option and method); errors to `onError`;
+ * and, with `debug`, one line per event to the logger.
+ */
 export class Emitter implements Reporter {
   readonly #listeners = new Map<string, Set<Listener>>()
   readonly #stateListeners = new Set<StateListener>()

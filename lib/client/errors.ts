@@ -21,8 +21,6 @@ export const ClientErrorCode = Object.freeze({
   UPGRADE_REFUSED: 'FST_SOCKET_UPGRADE_REFUSED'
 } as const)
 
-export type ClientErrorCodeValue = typeof ClientErrorCode[keyof typeof ClientErrorCode]
-
 /** What a `SocketError` may carry besides its code, depending on what went wrong. */
 export interface SocketErrorDetails {
   /** The HTTP status of a refused upgrade (401, 403, 429…); only in Node, where `ws` shows it. */

@@ -1,8 +1,3 @@
-/**
- * The timers that watch a connection: the handshake timer (an attempt must be set up within `connectTimeout`), the
- * stable timer (a connection up for `resetAfter` resets the backoff), and the heartbeat (browsers cannot see
- * WebSocket pings, so silence is measured from the frames that come). One `stop()` clears them all.
- */
 import type { SocketOptions } from './options.js'
 
 /** What the timers tell the Socket. */
@@ -15,6 +10,11 @@ export interface LivenessHost {
   stable (): void
 }
 
+/**
+ * The timers that watch a connection: the handshake timer (an attempt must be set up within `connectTimeout`), the
+ * stable timer (a connection up for `resetAfter` resets the backoff), and the heartbeat (browsers cannot see
+ * WebSocket pings, so silence is measured from the frames that come). One `stop()` clears them all.
+ */
 export class Liveness {
   readonly #heartbeat: { interval: number, timeout: number } | null
   readonly #connectTimeout: number

@@ -1,8 +1,3 @@
-/**
- * What the socket sends: messages and requests, framed, sent at once on an open connection, else held in the
- * bounded queue until the next connection is set up; and the subscribes of a connection's setup, sent ahead of the
- * queue. Nothing is lost silently: a dropped message rejects its request, or is reported.
- */
 import type { Reporter } from './emitter.js'
 import { ClientErrorCode, SocketError } from './errors.js'
 import type { SocketOptions } from './options.js'
@@ -18,6 +13,11 @@ export interface OutboxHost {
   closed (): boolean
 }
 
+/**
+ * What the socket sends: messages and requests, framed, sent at once on an open connection, else held in the
+ * bounded queue until the next connection is set up; and the subscribes of a connection's setup, sent ahead of the
+ * queue. Nothing is lost silently: a dropped message rejects its request, or is reported.
+ */
 export class Outbox {
   readonly #queue: OutboundQueue
   readonly #requests: Requests

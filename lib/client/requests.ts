@@ -1,7 +1,3 @@
-/**
- * Request correlation: every message that expects an answer (a `request()`, a `subscribe`) carries a `ref`, and the
- * answer with that `ref` settles it. Owns the ref counter, the requests waiting for their answer and their timeouts.
- */
 import { ClientErrorCode, SocketError } from './errors.js'
 
 interface Pending {
@@ -10,6 +6,10 @@ interface Pending {
   timer: ReturnType<typeof setTimeout> | undefined
 }
 
+/**
+ * Request correlation: every message that expects an answer (a `request()`, a `subscribe`) carries a `ref`, and the
+ * answer with that `ref` settles it. Owns the ref counter, the requests waiting for their answer and their timeouts.
+ */
 export class Requests {
   readonly #pending = new Map<string, Pending>()
   #refs = 0

@@ -62,12 +62,13 @@ export class Socket {
     this.#onOpen = options.onOpen
     this.#emitter = new Emitter(options)
     this.#token = new Token(options, this.#emitter, (token) => this.request(this.#home, 'auth.refresh', { token }))
-    // The heartbeat and the stable timer run only while a connection is open, and `#ws` is that connection.
+    // The heartbeat runs only while a connection is open (`#ws`); the checks keep it so if that ever changes.
     this.#liveness = new Liveness(options, {
-      ping: () => { (this.#ws as WebSocketLike).send(JSON.stringify({ channel: this.#home, cmd: 'ping', param: null })) },
+      ping: () => { this.#ws?.send(JSON.stringify({ channel: this.#home, cmd: 'ping', param: null })) },
       silent: (ms) => {
+        if (this.#ws === null) return
         this.#emitter.log(`server silent for ${ms} ms`)
-        this.#abandon(this.#ws as WebSocketLike, 'heartbeat timeout')
+        this.#abandon(this.#ws, 'heartbeat timeout')
       },
       // Only a connection that stayed up resets the backoff and the one token refresh: a server that closes every
       // connection with 4001 right after `connected` must not get a reconnect loop without any delay.

@@ -1,12 +1,12 @@
+import type { Reporter } from './emitter.js'
+import { ClientErrorCode, SocketError } from './errors.js'
+import type { SocketOptions, TokenProvider } from './options.js'
+
 /**
  * The token: a string, or a provider asked before every attempt. With a provider, two things more: the refresh in
  * band (`auth.refresh`, `refreshBefore` ms ahead of the token's `exp`), and the one fresh token allowed per stable
  * connection after the server closed with 4001 (or refused with 401).
  */
-import type { Reporter } from './emitter.js'
-import { ClientErrorCode, SocketError } from './errors.js'
-import type { SocketOptions, TokenProvider } from './options.js'
-
 export class Token {
   readonly #source: string | TokenProvider | undefined
   readonly #refreshBefore: number
