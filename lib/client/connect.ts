@@ -6,7 +6,7 @@
 import { ClientErrorCode, SocketError } from './errors.js'
 import type { SocketOptions } from './options.js'
 import { watchRefusal, type Refusal } from './refusal.js'
-import type { WebSocketConstructor, WebSocketLike } from './types.js'
+import type { Message, WebSocketConstructor, WebSocketLike } from './types.js'
 
 /** The subprotocol the server selects; the token rides beside it as `bearer.<jwt>`. */
 const SUBPROTOCOL = 'forge.v1'
@@ -22,7 +22,8 @@ export interface Seen {
 export interface AttemptEvents {
   /** Whether the Socket still holds this WebSocket: events of one it has given up on are ignored. */
   current (): boolean
-  frame (data: unknown): void
+  /** A frame, decoded: the message, or the FST_SOCKET_BAD_FRAME error it is. */
+  frame (message: Message | SocketError): void
   closed (code: number, reason: string): void
 }
 
@@ -73,7 +74,7 @@ export class Endpoint {
     }
     const ws = new this.#WebSocket(url, protocols)
     // Frames from a socket this client has given up on (closed, or silent too long) are not delivered.
-    ws.onmessage = (event) => { if (on.current()) on.frame(event.data) }
+    ws.onmessage = (event) => { if (on.current()) on.frame(decodeFrame(event.data)) }
     ws.onclose = (event) => on.closed(event.code, event.reason)
     // The close event that follows says what happened; the error event's message (Node's, say "connect
     // ECONNREFUSED"; a browser gives none) only explains a connection that never opened.
@@ -83,6 +84,20 @@ export class Endpoint {
     watchRefusal(ws, (refusal) => { if (on.current()) seen.refusal = refusal }, () => { if (on.current()) ws.close() })
     return ws
   }
+}
+
+/** A frame from the server as a message, or the error it is (not JSON, or no `cmd`). */
+function decodeFrame (data: unknown): Message | SocketError {
+  let message: Message
+  try {
+    message = JSON.parse(String(data)) as Message
+  } catch {
+    return new SocketError(ClientErrorCode.BAD_FRAME, 'The server sent a frame that is not JSON')
+  }
+  if (typeof message !== 'object' || message === null || typeof message.cmd !== 'string') {
+    return new SocketError(ClientErrorCode.BAD_FRAME, 'The server sent a message without a cmd')
+  }
+  return message
 }
 
 /** The message of an error event: Node's `ws` (and undici) give one, a browser does not. */

@@ -217,7 +217,7 @@ export class Socket {
     try {
       ws = this.#endpoint.open(token, seen, {
         current: () => ws === this.#ws,
-        frame: (data) => this.#frame(data),
+        frame: (message) => this.#frame(message),
         closed: (code, reason) => this.#closed(ws, code, reason)
       })
     } catch (err) {
@@ -236,17 +236,9 @@ export class Socket {
     })
   }
 
-  #frame (data: unknown): void {
+  #frame (message: Message | SocketError): void {
     this.#liveness.heard()
-    let message: Message
-    try {
-      message = JSON.parse(String(data)) as Message
-    } catch {
-      return this.#emitter.report(new SocketError(Code.BAD_FRAME, 'The server sent a frame that is not JSON'))
-    }
-    if (typeof message !== 'object' || message === null || typeof message.cmd !== 'string') {
-      return this.#emitter.report(new SocketError(Code.BAD_FRAME, 'The server sent a message without a cmd'))
-    }
+    if (message instanceof SocketError) return this.#emitter.report(message)
     this.#emitter.log(`recv ${message.channel}:${message.cmd}`)
     if (message.cmd === 'connected') return this.#opened(message as Message<ServerParam<'connected'>>)
     const param = message.param as ServerParam<'error'>
