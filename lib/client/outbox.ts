@@ -13,6 +13,11 @@ export interface OutboxHost {
   closed (): boolean
 }
 
+/** Every message the client sends, as its frame: `param` null when there is none, `ref` only when an answer is wanted. */
+export function encode (channel: string, cmd: string, param: unknown, ref?: string): string {
+  return JSON.stringify(ref === undefined ? { channel, cmd, param: param ?? null } : { channel, cmd, param: param ?? null, ref })
+}
+
 /**
  * What the socket sends: messages and requests, framed, sent at once on an open connection, else held in the
  * bounded queue until the next connection is set up; and the subscribes of a connection's setup, sent ahead of the
@@ -43,7 +48,7 @@ export class Outbox {
 
   /** Sends now if open, else queues (throws QueueFullError under the 'error' policy); true when it went out at once. */
   send (channel: string, cmd: string, param: unknown, ref: string | undefined): boolean {
-    const data = JSON.stringify(ref === undefined ? { channel, cmd, param: param ?? null } : { channel, cmd, param: param ?? null, ref })
+    const data = encode(channel, cmd, param, ref)
     if (this.#host.closed()) {
       this.#dropped({ data, bytes: data.length, at: Date.now(), ref }, 'closed')
       return false
@@ -76,7 +81,7 @@ export class Outbox {
   subscribe (ws: WebSocketLike, channel: string, timeout: number | undefined): Promise<unknown> {
     const ref = this.#requests.ref()
     const answer = this.#requests.expect(ref, 'subscribe', timeout)
-    ws.send(JSON.stringify({ channel, cmd: 'subscribe', param: null, ref }))
+    ws.send(encode(channel, 'subscribe', null, ref))
     this.#out.log(`send ${channel}:subscribe`)
     return answer
   }

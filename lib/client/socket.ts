@@ -6,7 +6,7 @@ import { Emitter, type Listener } from './emitter.js'
 import { ClientErrorCode as Code, SocketError } from './errors.js'
 import { Liveness } from './liveness.js'
 import { checkOptions, type SocketOptions } from './options.js'
-import { Outbox } from './outbox.js'
+import { Outbox, encode } from './outbox.js'
 import { Requests } from './requests.js'
 import { Subscriptions, type SubscribeAnswer } from './subscriptions.js'
 import { Token } from './token.js'
@@ -64,7 +64,7 @@ export class Socket {
     this.#token = new Token(options, this.#emitter, (token) => this.request(this.#home, 'auth.refresh', { token }))
     // The heartbeat runs only while a connection is open (`#ws`); the checks keep it so if that ever changes.
     this.#liveness = new Liveness(options, {
-      ping: () => { this.#ws?.send(JSON.stringify({ channel: this.#home, cmd: 'ping', param: null })) },
+      ping: () => { this.#ws?.send(encode(this.#home, 'ping', null)) },
       silent: (ms) => {
         if (this.#ws === null) return
         this.#emitter.log(`server silent for ${ms} ms`)
