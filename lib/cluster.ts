@@ -5,8 +5,8 @@ import type { Connection } from './connection.js'
 import type { MembershipChange } from './channels.js'
 import type { DirectMessage, Hub } from './hub.js'
 import { PresenceAnnouncer, type PresenceMember } from './presence.js'
-import type { Broker, BrokerHealth, BrokerMessage, Departure, NodeReport, PresenceChange, PresenceEntry } from './broker/broker.js'
-import type { ResolvedPresence } from './options.js'
+import type { Broker, BrokerHealth, BrokerMessage, Departure, HistorySettings, NodeReport, PresenceChange, PresenceEntry, StreamPage, StreamPosition } from './broker/broker.js'
+import type { ResolvedOptions, ResolvedPresence } from './options.js'
 import type { OutboundMessage } from '../schemas/envelope.js'
 
 /** What `clusterStatus()` reports: every live node's last report, and their sums. */
@@ -32,15 +32,17 @@ export class Cluster {
   readonly #broker: Broker
   readonly #log: FastifyBaseLogger
   readonly #presence: PresenceAnnouncer
+  readonly #history: ResolvedOptions['history']
 
-  constructor (nodeId: string, hub: Hub, broker: Broker, presence: Readonly<ResolvedPresence>, log: FastifyBaseLogger) {
+  constructor (nodeId: string, hub: Hub, broker: Broker, presence: Readonly<ResolvedPresence>, log: FastifyBaseLogger, history: ResolvedOptions['history'] = () => null) {
     this.#nodeId = nodeId
     this.#hub = hub
     this.#broker = broker
     this.#log = log
+    this.#history = history
     this.#presence = new PresenceAnnouncer(presence, {
       broadcast: (channel, cmd, param, except) => { this.broadcast(envelope(channel, cmd, param), except) },
-      deliver: (channel, cmd, param) => { this.#hub.deliver(channel, envelope(channel, cmd, param), undefined) },
+      deliver: (channel, cmd, param) => { this.#hub.deliver(channel, envelope(channel, cmd, param), undefined, this.#numbering(channel)) },
       present: (channel) => this.#users(channel),
       warn: (fields, message) => { log.warn(fields, message) }
     })
@@ -80,11 +82,29 @@ export class Cluster {
     }
   }
 
-  /** A channel message to its members on every node; returns how many local connections it was written to. */
+  /**
+   * A channel message to its members on every node; returns how many local connections it was written to. On a
+   * channel with history, a message for every member gets the channel's next seq from the broker, which keeps it.
+   */
   broadcast (message: OutboundMessage, except?: string): number {
-    const delivered = this.#hub.deliver(message.channel, message, except)
-    this.#publish({ type: 'channel', origin: this.#nodeId, channel: message.channel, message, except })
+    const channel = message.channel
+    const settings = this.#history(channel)
+    if (settings !== null && except === undefined) message = Object.assign({}, message, { seq: this.#append(channel, message, settings) })
+    const delivered = this.#hub.deliver(channel, message, except, settings === null ? 'node' : 'given')
+    this.#publish({ type: 'channel', origin: this.#nodeId, channel, message, except })
     return delivered
+  }
+
+  /** Where a channel's stream stands; null when it keeps no history. */
+  position (channel: string): StreamPosition | null {
+    const settings = this.#history(channel)
+    return settings === null ? null : (this.#broker.position as NonNullable<Broker['position']>)(channel, settings)
+  }
+
+  /** Up to `limit` kept messages of a channel (after `since`, else the newest); null when it keeps no history. */
+  read (channel: string, since: StreamPosition | undefined, limit: number): StreamPage | null {
+    const settings = this.#history(channel)
+    return settings === null ? null : (this.#broker.read as NonNullable<Broker['read']>)(channel, since, limit, settings)
   }
 
   /** A message to one connection, wherever it is; true when it is on this node and took it. */
@@ -161,7 +181,7 @@ export class Cluster {
     if (message.origin === this.#nodeId) return
     switch (message.type) {
       case 'channel':
-        this.#hub.deliver(message.channel, message.message, message.except)
+        this.#hub.deliver(message.channel, message.message, message.except, message.message.seq === undefined ? this.#numbering(message.channel) : 'given')
         return
       case 'connection': {
         const conn = this.#hub.get(message.connectionId)
@@ -223,6 +243,16 @@ export class Cluster {
     await this.#presence.flush()
     this.#presence.stop()
     await this.#broker.close()
+  }
+
+  /** The seq of a message appended to a channel's history (options.ts checked that the broker keeps history). */
+  #append (channel: string, message: OutboundMessage, settings: HistorySettings): number {
+    return (this.#broker.append as NonNullable<Broker['append']>)(channel, message, settings).seq
+  }
+
+  /** How the hub numbers a channel's messages: by this node, or (with history) as the cluster gave them. */
+  #numbering (channel: string): 'node' | 'given' {
+    return this.#history(channel) === null ? 'node' : 'given'
   }
 
   /** The broker subscription as a promise, whether the broker is synchronous, asynchronous, or throws. */

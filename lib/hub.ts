@@ -76,16 +76,23 @@ export class Hub {
 
   /**
    * Writes a channel message to this node's members: one encoding, the same bytes for each. Returns how many it
-   * was written to.
+   * was written to. `numbering` `node` gives it this node's next `seq` for the channel (channels without history);
+   * `given` sends it as it is, with the seq the cluster gave it, or none (channels with history).
    */
-  deliver (name: string, message: OutboundMessage, except: string | undefined): number {
+  deliver (name: string, message: OutboundMessage, except: string | undefined, numbering: 'node' | 'given' = 'node'): number {
     const channel = this.#channels.get(name)
     if (channel === undefined) return 0
     // `seq` numbers the messages every member receives, so a gap in it always means a lost message; a message
     // with `except` skips someone and carries none.
     // Object.assign, not a spread: in Node 20 a spread's copies get a hidden class each after a few calls, which
     // made every broadcast allocate one and serialize about twice as slowly.
-    const frame = textFrame(encode(except === undefined ? Object.assign({}, message, { seq: ++channel.seq }) : message))
+    let numbered = message
+    if (numbering === 'given') {
+      if (message.seq !== undefined) channel.seq = message.seq
+    } else if (except === undefined) {
+      numbered = Object.assign({}, message, { seq: ++channel.seq })
+    }
+    const frame = textFrame(encode(numbered))
     let delivered = 0
     for (const member of channel.members) {
       if (member.id !== except && member.sendFrame(frame)) delivered++

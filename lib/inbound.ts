@@ -1,12 +1,15 @@
 import type { RawData } from 'ws'
-import { CloseCode, errors, toClientError } from './errors.js'
+import { CloseCode, errors, firstError, toClientError } from './errors.js'
 import { assertChannel, decode, envelope, type DecodeError } from './codec.js'
 import { MessageContext, type CommandRegistry } from './commands.js'
 import type { BinaryHandler, Connection } from './connection.js'
 import type { Cluster } from './cluster.js'
 import type { Expiry } from './expiry.js'
 import type { ResolvedOptions } from './options.js'
-import type { InboundMessage } from '../schemas/envelope.js'
+import { Compile } from 'typebox/compile'
+import { HistoryQuery, type HistoryQueryData, type InboundMessage } from '../schemas/envelope.js'
+
+const historyQuery = Compile(HistoryQuery)
 
 /**
  * Everything that happens to a frame a client sent: decode, the reserved commands, the membership check, the
@@ -18,10 +21,10 @@ import type { InboundMessage } from '../schemas/envelope.js'
 export class Inbound {
   readonly #options: Readonly<ResolvedOptions>
   readonly #commands: CommandRegistry
-  readonly #cluster: Pick<Cluster, 'join' | 'leave'>
+  readonly #cluster: Pick<Cluster, 'join' | 'leave' | 'position' | 'read'>
   readonly #expiry: Pick<Expiry, 'refresh'>
 
-  constructor (options: Readonly<ResolvedOptions>, commands: CommandRegistry, cluster: Pick<Cluster, 'join' | 'leave'>, expiry: Pick<Expiry, 'refresh'>) {
+  constructor (options: Readonly<ResolvedOptions>, commands: CommandRegistry, cluster: Pick<Cluster, 'join' | 'leave' | 'position' | 'read'>, expiry: Pick<Expiry, 'refresh'>) {
     this.#options = options
     this.#commands = commands
     this.#cluster = cluster
@@ -96,6 +99,7 @@ export class Inbound {
     const { channel, cmd, param, ref } = message
     if (cmd === 'subscribe' || cmd === 'unsubscribe' || cmd === 'auth.refresh') return this.#reserved(conn, message)
     if (!conn.channels.has(channel)) throw new errors.FST_SOCKET_NOT_SUBSCRIBED(channel)
+    if (cmd === 'history') return this.#history(channel, param)
     return this.#commands.run(cmd, param, new MessageContext(conn, channel, ref))
   }
 
@@ -112,12 +116,14 @@ export class Inbound {
     switch (cmd) {
       case 'subscribe':
         assertChannel(channel)
-        if (!this.#roomFor(conn, channel)) return { channel }
-        if (await this.#options.authorizeChannel(conn.profile, channel) !== true) throw new errors.FST_SOCKET_FORBIDDEN(`subscribing to "${channel}"`)
-        // Checked again: other subscribes of this connection may have taken the last slots while this one was
-        // being authorized, and the limit must hold however many are pipelined.
-        if (this.#roomFor(conn, channel)) await this.#cluster.join(conn, channel)
-        return { channel }
+        if (this.#roomFor(conn, channel)) {
+          if (await this.#options.authorizeChannel(conn.profile, channel) !== true) throw new errors.FST_SOCKET_FORBIDDEN(`subscribing to "${channel}"`)
+          // Checked again: other subscribes of this connection may have taken the last slots while this one was
+          // being authorized, and the limit must hold however many are pipelined.
+          if (this.#roomFor(conn, channel)) await this.#cluster.join(conn, channel)
+        }
+        // With history, where the channel's stream stands.
+        return this.#withPosition(channel)
       case 'unsubscribe':
         assertChannel(channel)
         await this.#cluster.leave(conn, channel)
@@ -125,6 +131,21 @@ export class Inbound {
       default:
         return await this.#expiry.refresh(conn, param)
     }
+  }
+
+  /** `{ channel }`, and the channel's `epoch` and `seq` when it keeps history. */
+  #withPosition (channel: string): { channel: string, epoch?: string, seq?: number } {
+    const position = this.#cluster.position(channel)
+    return position === null ? { channel } : { channel, epoch: position.epoch, seq: position.seq }
+  }
+
+  /** The `history` command: a page of the channel's kept messages, with its position. */
+  #history (channel: string, param: unknown): unknown {
+    if (!historyQuery.Check(param)) throw new errors.FST_SOCKET_BAD_REQUEST(`history: ${firstError(historyQuery, param, 'param', 'is invalid')}`)
+    const query = param as HistoryQueryData
+    const page = this.#cluster.read(channel, query?.since, query?.limit ?? 100)
+    if (page === null) throw new errors.FST_SOCKET_BAD_REQUEST(`"${channel}" keeps no history`)
+    return page
   }
 
   /** False when the connection is in the channel already; FST_SOCKET_LIMIT_EXCEEDED when it has no room for one more. */

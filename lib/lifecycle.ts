@@ -189,7 +189,12 @@ export class Lifecycle {
     this.#expiry.arm(conn, plan.payload?.exp)
     // Through the upgrade's logger: the connection's own is made only when something logs through it.
     plan.logger.debug({ connId: id, channel: plan.channel }, 'connection open')
-    conn.send(envelope(plan.channel, 'connected', { connectionId: id, channels: [plan.channel] }))
+    // With history, where the channel's stream stands: a client can tell from seq alone what it has missed.
+    const position = this.#cluster.position(plan.channel)
+    const param = position === null
+      ? { connectionId: id, channels: [plan.channel] }
+      : { connectionId: id, channels: [plan.channel], positions: { [plan.channel]: position } }
+    conn.send(envelope(plan.channel, 'connected', param))
     void this.#open(conn)
   }
 

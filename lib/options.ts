@@ -1,10 +1,10 @@
 import { Compile } from 'typebox/compile'
 import { Value } from 'typebox/value'
 import type { Static } from 'typebox'
-import { OptionsSchema, PresenceSchema, type OptionsData } from '../schemas/options.js'
+import { HistorySchema, OptionsSchema, PresenceSchema, type OptionsData } from '../schemas/options.js'
 import { errors, firstError } from './errors.js'
 import { resolveJwtOptions, type JwtOptions, type TokenPayload } from './jwt.js'
-import { BROKER_METHODS, isBroker, type Broker } from './broker/broker.js'
+import { BROKER_METHODS, isBroker, type Broker, type HistorySettings } from './broker/broker.js'
 import { MemoryBroker } from './broker/memory.js'
 import { RedisBroker } from './broker/redis.js'
 import { checkRedisClient, looksLikeRedisClient, type RedisClient, type RedisConnectionOptions } from './broker/redis-client.js'
@@ -92,6 +92,15 @@ export interface ForgeSocketOptions {
    * presence: { announce: (channel) => channel.startsWith('chat-') ? 'diff' : 'none', interval: 250, maxUsers: 200 }
    */
   presence?: boolean | PresenceOptions
+  /**
+   * Channel history: every message all of a channel's members get is numbered (`seq`, the same on every node) and
+   * the last `size` are kept, for the `history` command (docs/protocol.md). `false` (default): none. The settings
+   * apply to every channel; a function picks them per channel (`false` for none). Needs the memory broker for now.
+   *
+   * @example
+   * history: (channel) => channel.startsWith('chat-') ? { size: 100, ttl: 300_000 } : false
+   */
+  history?: false | HistoryOptions | ((channel: string) => HistoryOptions | false)
   /** Decides client `subscribe` requests. Default: deny every one. */
   authorizeChannel?: (profile: Profile | null, channel: string) => boolean | Promise<boolean>
 }
@@ -108,6 +117,13 @@ export interface PresenceOptions {
   maxUsers?: number
 }
 
+/** A channel's history settings; defaults: `size` 100, `ttl` 120000 ms, `metaTtl` 10 × `ttl`. */
+export interface HistoryOptions {
+  size?: number
+  ttl?: number
+  metaTtl?: number
+}
+
 /** The presence settings, resolved: `announce` is always a function. */
 export interface ResolvedPresence {
   announce: (channel: string) => PresenceMode
@@ -117,6 +133,8 @@ export interface ResolvedPresence {
 
 export interface ResolvedOptions extends Omit<OptionsData, 'auth' | 'presence'> {
   presence: Readonly<ResolvedPresence>
+  /** A channel's history settings, or null: it keeps none. */
+  history: (channel: string) => Readonly<HistorySettings> | null
   jwt: Readonly<JwtOptions> | undefined
   auth: OptionsData['auth'] & { profile: ProfileMapper }
   broker: Broker
@@ -124,6 +142,36 @@ export interface ResolvedOptions extends Omit<OptionsData, 'auth' | 'presence'> 
 }
 
 const checker = Compile(OptionsSchema)
+const historyChecker = Compile(HistorySchema)
+
+/** History options → settings, every field set; FST_SOCKET_INVALID_OPTIONS naming `where` when they are wrong. */
+function historySettings (input: unknown, where: string): Readonly<HistorySettings> {
+  const data = Value.Default(HistorySchema, Value.Clone(input)) as Static<typeof HistorySchema>
+  if (!historyChecker.Check(data)) throw new errors.FST_SOCKET_INVALID_OPTIONS(`${where}${firstError(historyChecker, data, '', 'is invalid')}`)
+  const metaTtl = data.metaTtl ?? Math.min(2147483647, data.ttl * 10)
+  if (metaTtl < data.ttl) throw new errors.FST_SOCKET_INVALID_OPTIONS(`${where}/metaTtl (${metaTtl}) must be at least /ttl (${data.ttl})`)
+  return Object.freeze({ size: data.size, ttl: data.ttl, metaTtl })
+}
+
+/**
+ * `history` → a function of the channel. A function given is asked on every use (a broadcast, a connection, a
+ * `history` command), and its answer checked then: wrong settings are an FST_SOCKET_INVALID_OPTIONS error there.
+ */
+function resolveHistory (history: unknown, broker: Broker): ResolvedOptions['history'] {
+  if (history === false || history === undefined) return () => null
+  if (broker.append === undefined || broker.position === undefined || broker.read === undefined) {
+    throw new errors.FST_SOCKET_INVALID_OPTIONS('/history needs a broker that keeps history: the memory broker does (Redis: not yet)')
+  }
+  if (typeof history === 'function') {
+    const pick = history as (channel: string) => unknown
+    return (channel) => {
+      const settings = pick(channel)
+      return settings === false ? null : historySettings(settings, `/history("${channel}")`)
+    }
+  }
+  const settings = historySettings(history, '/history')
+  return () => settings
+}
 
 /** The default profile: the claims, with `id` taken from `sub`. */
 function defaultProfile (payload: TokenPayload): Profile {
@@ -181,7 +229,7 @@ function splitPresence (presence: unknown): { data: unknown, announce: ((channel
  */
 export function resolveOptions (input: ForgeSocketOptions = {}): Readonly<ResolvedOptions> {
   // Functions and the broker instance are checked here, not cloned into the data the schema validates.
-  const { authorizeChannel, broker = 'memory', auth = {}, jwt, presence: presenceInput, ...rest } = input
+  const { authorizeChannel, broker = 'memory', auth = {}, jwt, presence: presenceInput, history, ...rest } = input
   const { profile = defaultProfile, ...authData } = auth
   const presence = splitPresence(presenceInput)
   // Value.Clone, not structuredClone: a function or symbol under a wrong key must fail the schema check with its
@@ -202,6 +250,7 @@ export function resolveOptions (input: ForgeSocketOptions = {}): Readonly<Resolv
   const mode = presenceData.announce
   const resolvedJwt = resolveJwtOptions(jwt)
   const resolvedBroker = resolveBroker(broker)
+  const resolvedHistory = resolveHistory(history, resolvedBroker)
 
   const resolved: ResolvedOptions = {
     ...data,
@@ -219,6 +268,7 @@ export function resolveOptions (input: ForgeSocketOptions = {}): Readonly<Resolv
     }),
     origins: data.origins === undefined ? undefined : Object.freeze([...data.origins]) as string[],
     broker: resolvedBroker,
+    history: resolvedHistory,
     authorizeChannel: authorizeChannel ?? denyAll
   }
   return Object.freeze(resolved)

@@ -20,6 +20,7 @@ export const RESERVED_COMMANDS = Object.freeze([
   'ping', // client → server, answered by `pong` (browsers cannot send WebSocket pings)
   'pong', // server → client
   'auth.refresh', // client → server, a fresh token for the same subject (not accepted yet: see docs/protocol.md)
+  'history', // client → server, a page of a channel's kept messages: { since?, limit? } → { epoch, seq, messages }
   'close-connection' // server → client, Project Forge's "stop, do not reconnect" (sent as close code 4000)
 ] as const)
 

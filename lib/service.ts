@@ -53,7 +53,7 @@ export class SocketService {
   constructor (app: FastifyInstance, options: Readonly<ResolvedOptions>, auth: Authenticator, ownWebsocket = false) {
     this.#options = options
     this.#auth = auth
-    this.#cluster = new Cluster(this.nodeId, this.#hub, options.broker, options.presence, app.log)
+    this.#cluster = new Cluster(this.nodeId, this.#hub, options.broker, options.presence, app.log, options.history)
     const expiry = new Expiry(auth, options.auth.expiryGrace)
     const inbound = new Inbound(options, this.#commands, this.#cluster, expiry)
     this.#lifecycle = new Lifecycle({ hub: this.#hub, cluster: this.#cluster, inbound, expiry, options, log: app.log, ownWebsocket })

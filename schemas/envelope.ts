@@ -29,3 +29,15 @@ export const ServerMessage = Type.Object({
 })
 
 export type ServerMessageData = Static<typeof ServerMessage>
+
+/** The `history` command's param: what to read of a channel's kept messages (docs/protocol.md). */
+export const HistoryQuery = Type.Union([Type.Null(), Type.Object({
+  /** Messages after this position (of the channel's epoch); without it, the newest. */
+  since: Type.Optional(Type.Object({
+    epoch: Type.String({ minLength: 1, maxLength: 64 }),
+    seq: Type.Integer({ minimum: 0 })
+  }, { additionalProperties: false })),
+  /** At most this many (default 100). */
+  limit: Type.Optional(Type.Integer({ minimum: 0, maximum: 100 }))
+}, { additionalProperties: false })])
+export type HistoryQueryData = Static<typeof HistoryQuery>

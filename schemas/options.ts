@@ -26,6 +26,17 @@ export const PresenceSchema = Type.Object({
 }, { additionalProperties: false, default: {} })
 
 /**
+ * A channel's history (`history`): `size` messages kept; `ttl` ms after the last message they are forgotten;
+ * `metaTtl` ms after it the channel's position (epoch and seq) is forgotten too (default 10 × `ttl`, at least `ttl`).
+ * Checked in lib/options.ts, for the settings given and for each answer of a function given.
+ */
+export const HistorySchema = Type.Object({
+  size: Type.Integer({ minimum: 1, maximum: 10000, default: 100 }),
+  ttl: Type.Integer({ minimum: 1, maximum: 2147483647, default: 120000 }),
+  metaTtl: Type.Optional(Type.Integer({ minimum: 1, maximum: 2147483647 }))
+}, { additionalProperties: false })
+
+/**
  * The plugin's options, with every default declared once. Functions (`auth.profile`, `authorizeChannel`), the
  * `broker` (`'memory'` or an instance) and `jwt` (keys, Buffers and functions, passed on to @fastify/jwt) are
  * checked beside this schema, in lib/options.ts and lib/jwt.ts.

@@ -79,7 +79,9 @@ t.test('notifications: to one user, to everyone, and system updates to several c
   const ann = await connect(`${base}/ws/notifications`, annToken)
   const bob = await connect(`${base}/ws/notifications`, await login('bob'))
   const annChat = await connect(`${base}/ws/chat/general`, annToken)
-  t.same(ann.connected.param, { connectionId: (ann.connected.param as { connectionId: string }).connectionId, channels: ['user-ann'] })
+  const param = ann.connected.param as { connectionId: string, positions: Record<string, { epoch: string }> }
+  t.same(param, { connectionId: param.connectionId, channels: ['user-ann'], positions: { 'user-ann': { epoch: param.positions['user-ann']?.epoch, seq: 0 } } },
+    'a user\'s notifications keep history: the position comes with connected')
 
   const auth = { authorization: `Bearer ${annToken}` }
   // A connection's messages are handled after its onOpen hook (which joins notifications-all), so a ping

@@ -38,6 +38,27 @@ export interface PresenceUpdate {
   users: number
 }
 
+/** How a channel keeps its history (the `history` option, resolved): every field set. */
+export interface HistorySettings {
+  /** Messages kept. */
+  size: number
+  /** ms after the last message before the messages are forgotten (the position is kept). */
+  ttl: number
+  /** ms after the last message before the position (epoch and seq) is forgotten: a new epoch begins then. */
+  metaTtl: number
+}
+
+/** Where a channel's stream stands: `seq` is the newest message's (0: none), in the stream that `epoch` names. */
+export interface StreamPosition {
+  epoch: string
+  seq: number
+}
+
+/** Kept messages of a channel, with its position. */
+export interface StreamPage extends StreamPosition {
+  messages: OutboundMessage[]
+}
+
 /** A node's counts. */
 export interface NodeCounts {
   connections: number
@@ -117,6 +138,14 @@ export interface Broker {
   presence? (channel: string): Promise<PresenceEntry[]> | PresenceEntry[]
   /** Every live node's last report (this node's own counts are current). */
   nodes? (): Promise<NodeReport[]> | NodeReport[]
+  /**
+   * Channel history (the `history` option needs a broker that has these three). `append` gives a message the
+   * channel's next seq, the same on every node, and keeps it; `position` is where the channel's stream stands;
+   * `read` pages through what is kept. Synchronous for now: the memory broker's.
+   */
+  append? (channel: string, message: OutboundMessage, settings: HistorySettings): StreamPosition
+  position? (channel: string, settings: HistorySettings): StreamPosition
+  read? (channel: string, since: StreamPosition | undefined, limit: number, settings: HistorySettings): StreamPage
 }
 
 /** `ok`, or `degraded` while other nodes can't be reached. */

@@ -1,4 +1,6 @@
-import type { Broker, BrokerHost, BrokerMessage, NodeReport, PresenceEntry, PresenceUpdate } from './broker.js'
+import type { Broker, BrokerHost, BrokerMessage, HistorySettings, NodeReport, PresenceEntry, PresenceUpdate, StreamPage, StreamPosition } from './broker.js'
+import { Streams } from './streams.js'
+import type { OutboundMessage } from '../../schemas/envelope.js'
 
 interface Node {
   deliver: (message: BrokerMessage) => void
@@ -14,12 +16,14 @@ export class MemoryHub {
   readonly nodes = new Map<string, Node>()
   /** channel → user → node → that user's connections in the channel on that node. */
   readonly presence = new Map<string, Map<string, Map<string, number>>>()
+  /** The channels' streams (history), shared by the nodes as a Redis would be. */
+  readonly streams = new Streams()
 }
 
 /**
  * The embedded default broker: one process, no external service. Messages published by one node reach the other
  * nodes on the same `MemoryHub` synchronously, in the order they were published, and only where that node has
- * members in the channel. Presence and node counts are kept in the hub.
+ * members in the channel. Presence, node counts and the channels' history are kept in the hub.
  *
  * @example
  * const hub = new MemoryHub()
@@ -90,6 +94,18 @@ export class MemoryBroker implements Broker {
       for (const user of [...users.keys()]) this.setPresence(channel, user, 0)
     }
     this.#nodeId = null
+  }
+
+  append (channel: string, message: OutboundMessage, settings: HistorySettings): StreamPosition {
+    return this.#hub.streams.append(channel, message, settings)
+  }
+
+  position (channel: string, settings: HistorySettings): StreamPosition {
+    return this.#hub.streams.position(channel, settings)
+  }
+
+  read (channel: string, since: StreamPosition | undefined, limit: number, settings: HistorySettings): StreamPage {
+    return this.#hub.streams.read(channel, since, limit, settings)
   }
 
   #self (): Node | undefined {

@@ -4,6 +4,9 @@ import type { WebSocketLike } from './types.js'
 /** The server's answer to `subscribe` and `unsubscribe`. */
 export interface SubscribeAnswer {
   channel: string
+  /** The channel's position, when it keeps history (docs/protocol.md). */
+  epoch?: string
+  seq?: number
 }
 
 /** What the subscriptions need from the Socket. */

@@ -29,7 +29,8 @@ export interface ClientCommands {}
  * `on(cmd, fn)` hands `fn` a typed message.
  */
 export interface ServerCommands {
-  'connected': { connectionId: string, channels: string[] }
+  /** `positions`: where each of the channels that keep history stands (docs/protocol.md, channel history). */
+  'connected': { connectionId: string, channels: string[], positions?: Record<string, { epoch: string, seq: number }> }
   'error': { code: string, message: string }
   'user-joined': { user: string, connectionId: string }
   'user-left': { user: string, connectionId: string }
