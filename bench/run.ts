@@ -29,6 +29,8 @@ interface Scenario {
   kinds: readonly Kind[]
   /** Servers per run (2: two forge-socket nodes sharing a Redis). */
   nodes: number
+  /** The servers' environment, besides the machine's. */
+  env?: NodeJS.ProcessEnv
   task: (kind: Kind, ports: number[]) => Task
 }
 
@@ -48,6 +50,15 @@ const scenarios: Scenario[] = [
     kinds: KINDS,
     nodes: 1,
     task: (kind, ports) => ({ scenario: 'fanout', kind, ports, subscribers: 1000, warmup, duration, window: 1 })
+  },
+  {
+    // The same as fanout-1k with channel history on (memory broker): each broadcast is numbered and kept once.
+    id: 'fanout-1k-history',
+    title: 'fan-out to 1,000 subscribers of one channel with history on (memory broker, size 100)',
+    kinds: ['forge'],
+    nodes: 1,
+    env: { BENCH_HISTORY: '1' },
+    task: (kind, ports) => ({ scenario: 'fanout', kind, ports, subscribers: 1000, warmup, duration, window: 4 })
   },
   {
     id: 'echo',
@@ -138,7 +149,7 @@ interface Measured extends Result {
 
 async function runOnce (scenario: Scenario, kind: Kind, redisUrl: string | undefined): Promise<Measured> {
   const servers = await Promise.all(Array.from({ length: scenario.nodes }, async () =>
-    await child(0, ['--expose-gc', `${HERE}server.js`, kind], redisUrl === undefined ? {} : { REDIS_URL: redisUrl })))
+    await child(0, ['--expose-gc', `${HERE}server.js`, kind], { ...scenario.env, ...(redisUrl === undefined ? {} : { REDIS_URL: redisUrl }) })))
   try {
     const ports = servers.map((s) => (s.first as { port: number }).port)
     const busy0 = machineBusy()
@@ -227,6 +238,7 @@ function targets (): Array<{ target: string, value: number | null, pass: boolean
     list.push({ target: `${id}: throughput ≥ 1.4x raw ws`, value: ratio(get(id, 'forge')?.rate, get(id, 'ws')?.rate), limit: 1.4, atMost: false })
     list.push({ target: `${id}: throughput ≥ 1.6x socket.io`, value: ratio(get(id, 'forge')?.rate, get(id, 'socketio')?.rate), limit: 1.6, atMost: false })
   }
+  list.push({ target: 'fanout-1k with history: server CPU per message ≤ 1.15x without', value: ratio(get('fanout-1k-history', 'forge')?.cpuPerMessage, get('fanout-1k', 'forge')?.cpuPerMessage), limit: 1.15, atMost: true })
   list.push({ target: 'echo: round trips/s ≥ 1.0x raw ws', value: ratio(get('echo', 'forge')?.rate, get('echo', 'ws')?.rate), limit: 1.0, atMost: false })
   list.push({ target: 'connect: handshakes/s ≥ 0.8x raw ws', value: ratio(get('connect', 'forge')?.rate, get('connect', 'ws')?.rate), limit: 0.8, atMost: false })
   list.push({ target: 'connect: memory per idle connection ≤ 1.3x raw ws', value: ratio(get('connect', 'forge')?.bytesPerConnection, get('connect', 'ws')?.bytesPerConnection), limit: 1.3, atMost: true })

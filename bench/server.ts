@@ -41,6 +41,8 @@ async function forge (): Promise<number> {
     // (BENCH_PRESENCE=1), which measures it with its defaults, and lets its toggler subscribe to the channel.
     rateLimit: { perSecond: 1_000_000, burst: 1_000_000 },
     presence: process.env.BENCH_PRESENCE === '1' && { maxUsers: Number(process.env.BENCH_PRESENCE_MAX_USERS ?? 1000) },
+    // Channel history on every channel (BENCH_HISTORY=1), for the fan-out-with-history scenario.
+    history: process.env.BENCH_HISTORY === '1' && { size: 100, ttl: 120_000 },
     authorizeChannel: () => process.env.BENCH_PRESENCE === '1'
   })
   app.get('/ws/bench', app.socket.act('bench', (app, ps) => ps.upgrade(CHANNEL)))
