@@ -33,6 +33,8 @@ export class Cluster {
   readonly #log: FastifyBaseLogger
   readonly #presence: PresenceAnnouncer
   readonly #history: ResolvedOptions['history']
+  /** When wrong history settings were last logged: once a minute at most, whatever the traffic. */
+  #warned = -Infinity
 
   constructor (nodeId: string, hub: Hub, broker: Broker, presence: Readonly<ResolvedPresence>, log: FastifyBaseLogger, history: ResolvedOptions['history'] = () => null) {
     this.#nodeId = nodeId
@@ -88,7 +90,7 @@ export class Cluster {
    */
   broadcast (message: OutboundMessage, except?: string): number {
     const channel = message.channel
-    const settings = this.#history(channel)
+    const settings = this.#settings(channel)
     if (settings !== null && except === undefined) message = Object.assign({}, message, { seq: this.#append(channel, message, settings) })
     const delivered = this.#hub.deliver(channel, message, except, settings === null ? 'node' : 'given')
     this.#publish({ type: 'channel', origin: this.#nodeId, channel, message, except })
@@ -97,13 +99,13 @@ export class Cluster {
 
   /** Where a channel's stream stands; null when it keeps no history. */
   position (channel: string): StreamPosition | null {
-    const settings = this.#history(channel)
+    const settings = this.#settings(channel)
     return settings === null ? null : (this.#broker.position as NonNullable<Broker['position']>)(channel, settings)
   }
 
   /** Up to `limit` kept messages of a channel (after `since`, else the newest); null when it keeps no history. */
   read (channel: string, since: StreamPosition | undefined, limit: number): StreamPage | null {
-    const settings = this.#history(channel)
+    const settings = this.#settings(channel)
     return settings === null ? null : (this.#broker.read as NonNullable<Broker['read']>)(channel, since, limit, settings)
   }
 
@@ -250,9 +252,27 @@ export class Cluster {
     return (this.#broker.append as NonNullable<Broker['append']>)(channel, message, settings).seq
   }
 
+  /**
+   * A channel's history settings, or null. A `history` function that throws, or answers wrong settings, is logged
+   * (once a minute at most) and the channel keeps no history: it runs on every broadcast, connection and delivery
+   * from another node, none of which may fail for it.
+   */
+  #settings (channel: string): HistorySettings | null {
+    try {
+      return this.#history(channel)
+    } catch (err) {
+      const now = Date.now()
+      if (now - this.#warned >= 60_000) {
+        this.#warned = now
+        this.#log.warn({ err, channel }, 'history settings refused: the channel keeps no history')
+      }
+      return null
+    }
+  }
+
   /** How the hub numbers a channel's messages: by this node, or (with history) as the cluster gave them. */
   #numbering (channel: string): 'node' | 'given' {
-    return this.#history(channel) === null ? 'node' : 'given'
+    return this.#settings(channel) === null ? 'node' : 'given'
   }
 
   /** The broker subscription as a promise, whether the broker is synchronous, asynchronous, or throws. */

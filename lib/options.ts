@@ -155,7 +155,8 @@ function historySettings (input: unknown, where: string): Readonly<HistorySettin
 
 /**
  * `history` → a function of the channel. A function given is asked on every use (a broadcast, a connection, a
- * `history` command), and its answer checked then: wrong settings are an FST_SOCKET_INVALID_OPTIONS error there.
+ * `history` command), and its answer checked then: wrong settings throw FST_SOCKET_INVALID_OPTIONS, which the
+ * cluster logs (lib/cluster.ts), keeping no history for that channel.
  */
 function resolveHistory (history: unknown, broker: Broker): ResolvedOptions['history'] {
   if (history === false || history === undefined) return () => null

@@ -1,10 +1,12 @@
 // Channel history on the memory broker: one seq per channel for every node, a position that outlives the
 // channel's members, kept messages read with the `history` command, and the settings checked at register.
 import t, { type Test } from 'tap'
-import { MemoryBroker, MemoryHub, type ForgeSocketOptions } from '../plugin.js'
+import Fastify from 'fastify'
+import forgeSocket, { MemoryBroker, MemoryHub, type ForgeSocketOptions } from '../plugin.js'
 import { Streams } from '../lib/broker/streams.js'
 import { resolveOptions } from '../lib/options.js'
-import { SECRET, closes, connect, idOf, serve, sign, type Client } from './helpers/server.js'
+import { SECRET, closes, connect, idOf, listen, room, serve, sign, type Client } from './helpers/server.js'
+import { LogSink } from './helpers/logs.js'
 import { RecordingBroker } from './helpers/broker.js'
 import type { OutboundMessage } from '../schemas/envelope.js'
 
@@ -107,6 +109,24 @@ t.test('the history command: the newest, or those after a position; at most size
     t.match((await client.request('room-lobby', 'history', bad)).param, { code: 'FST_SOCKET_BAD_REQUEST' }, JSON.stringify(bad))
   }
   t.match((await client.request('elsewhere', 'history', null)).param, { code: 'FST_SOCKET_NOT_SUBSCRIBED' }, 'only a member reads')
+  client.close()
+})
+
+t.test('a history function that throws or answers wrong settings: logged once, and that channel keeps none', async (t) => {
+  const logs = new LogSink()
+  const app = Fastify({ logger: { level: 'info', stream: logs.stream } })
+  await app.register(forgeSocket, { jwt: { secret: SECRET }, history: (channel) => channel === 'room-odd' ? { size: -1 } : (() => { throw new Error('no idea') })() })
+  room(app)
+  t.after(() => app.close())
+  const base = await listen(app)
+  const { client, connected } = await join(base, 'odd', 'ann')
+  t.notOk('positions' in (connected.param as object), 'the connection is accepted, without a position')
+  app.socket.broadcast('room-odd', { cmd: 'n' })
+  t.equal((await client.next('n')).seq, 1, 'and served, numbered by this node as without history')
+  t.match((await client.request('room-odd', 'history', null)).param, { code: 'FST_SOCKET_BAD_REQUEST', message: /keeps no history/ })
+  t.match(await logs.next('history settings refused: the channel keeps no history'), { level: 40, channel: 'room-odd', err: { code: 'FST_SOCKET_INVALID_OPTIONS' } })
+  app.socket.broadcast('room-thrown', { cmd: 'n' })
+  t.equal(logs.lines.filter((line) => line.msg.startsWith('history settings refused')).length, 1, 'once a minute at most')
   client.close()
 })
 
