@@ -5,7 +5,7 @@ import type { OutboundMessage } from '../../schemas/envelope.js'
 /** How often, at most, `append` forgets the streams whose position has expired (abandoned channels). */
 const SWEEP_INTERVAL = 10_000
 
-/** One channel's stream: its position, and its last `size` messages in a ring. */
+/** One channel's stream: its position, and its last `size` messages (an array, trimmed from the front). */
 interface Stream {
   epoch: string
   /** The seq of the newest message (0: none yet). */
