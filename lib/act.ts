@@ -8,6 +8,7 @@ import { errors, withRetryAfter } from './errors.js'
 import { assertChannel } from './codec.js'
 import { checkOrigin, type Authenticator } from './auth.js'
 import { corkTick, directStream } from './frame.js'
+import { parseSince } from './recovery.js'
 import { kPlan, kResponse } from './symbols.js'
 import type { BinaryHandler, Metadata, UpgradePlan } from './connection.js'
 import type { Profile, TokenPayload } from './options.js'
@@ -140,12 +141,15 @@ export function actRoute (gate: UpgradeGate, auth: Authenticator, origins: reado
       checkOrigin(request, origins)
       // Before authenticate: this refusal needs no token, and verifying one may cost a JWKS fetch.
       gate.admit('IP address', request.ip as string | null)
+      // A malformed position to recover from is refused before anything is verified or run.
+      const since = parseSince((request.query as Record<string, unknown> | undefined)?.since)
       const { profile, payload } = await auth.authenticate(request, required)
       gate.admit('user', profile?.id ?? null)
       const ps = new PageState(name, request, profile, payload, options.onBinary)
       // On a route whose auth is required, authenticate has refused every request without a profile.
       await runAct(ps, () => handler(this, ps))
       if (ps.plan === null) throw new errors.FST_SOCKET_NOT_UPGRADED(name);
+      ps.plan.since = since
       const upgrading = request as UpgradingRequest
       upgrading[kPlan] = ps.plan
       upgrading[kResponse] = reply.raw

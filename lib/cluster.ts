@@ -7,7 +7,16 @@ import type { DirectMessage, Hub } from './hub.js'
 import { PresenceAnnouncer, type PresenceMember } from './presence.js'
 import type { Broker, BrokerHealth, BrokerMessage, Departure, HistorySettings, NodeReport, PresenceChange, PresenceEntry, StreamPage, StreamPosition } from './broker/broker.js'
 import type { ResolvedOptions, ResolvedPresence } from './options.js'
+import { recover, type Recovery } from './recovery.js'
 import type { OutboundMessage } from '../schemas/envelope.js'
+
+/** Where a channel's stream stands for a connection that joins it, and what its recovery replays (lib/recovery.ts). */
+export interface CatchUp {
+  position: StreamPosition
+  /** Null when the client gave no position to recover from. */
+  recovery: Recovery | null
+  replay: OutboundMessage[]
+}
 
 /** What `clusterStatus()` reports: every live node's last report, and their sums. */
 export interface ClusterStatus {
@@ -86,27 +95,51 @@ export class Cluster {
 
   /**
    * A channel message to its members on every node; returns how many local connections it was written to. On a
-   * channel with history, a message for every member gets the channel's next seq from the broker, which keeps it.
+   * channel with history, a message for every member gets the channel's next seq from the broker, which keeps it
+   * and sends it on; where the broker answers later (Redis), this node's members get it then, and the count is of
+   * the members it is for.
    */
   broadcast (message: OutboundMessage, except?: string): number {
     const channel = message.channel
     const settings = this.#settings(channel)
-    if (settings !== null && except === undefined) message = Object.assign({}, message, { seq: this.#append(channel, message, settings) })
+    if (settings !== null && except === undefined) return this.#append(channel, message, settings)
     const delivered = this.#hub.deliver(channel, message, except, settings === null ? 'node' : 'given')
     this.#publish({ type: 'channel', origin: this.#nodeId, channel, message, except })
     return delivered
   }
 
+  /** Whether a channel keeps history (its settings say so now). */
+  keepsHistory (channel: string): boolean {
+    return this.#settings(channel) !== null
+  }
+
   /** Where a channel's stream stands; null when it keeps no history. */
-  position (channel: string): StreamPosition | null {
+  async position (channel: string): Promise<StreamPosition | null> {
     const settings = this.#settings(channel)
-    return settings === null ? null : (this.#broker.position as NonNullable<Broker['position']>)(channel, settings)
+    return settings === null ? null : await (this.#broker.position as NonNullable<Broker['position']>)(channel, settings)
   }
 
   /** Up to `limit` kept messages of a channel (after `since`, else the newest); null when it keeps no history. */
-  read (channel: string, since: StreamPosition | undefined, limit: number): StreamPage | null {
+  async read (channel: string, since: StreamPosition | undefined, limit: number): Promise<StreamPage | null> {
     const settings = this.#settings(channel)
-    return settings === null ? null : (this.#broker.read as NonNullable<Broker['read']>)(channel, since, limit, settings)
+    return settings === null ? null : await (this.#broker.read as NonNullable<Broker['read']>)(channel, since, limit, settings)
+  }
+
+  /**
+   * Where a channel's stream stands, and, given the client's last position, its recovery: the messages it missed
+   * (at most `maxRecover`), or why they can't all be replayed. Null when the channel keeps no history.
+   */
+  async catchUp (channel: string, since: StreamPosition | undefined): Promise<CatchUp | null> {
+    const settings = this.#settings(channel)
+    if (settings === null) return null
+    if (since === undefined) {
+      const position = await (this.#broker.position as NonNullable<Broker['position']>)(channel, settings)
+      return { position: { epoch: position.epoch, seq: position.seq }, recovery: null, replay: [] }
+    }
+    // At least one: the first message after the client's tells whether what it missed is still kept.
+    const page = await (this.#broker.read as NonNullable<Broker['read']>)(channel, since, Math.max(1, settings.maxRecover), settings)
+    const { recovery, replay } = recover(page, since, settings.maxRecover)
+    return { position: { epoch: page.epoch, seq: page.seq }, recovery, replay }
   }
 
   /** A message to one connection, wherever it is; true when it is on this node and took it. */
@@ -247,9 +280,26 @@ export class Cluster {
     await this.#broker.close()
   }
 
-  /** The seq of a message appended to a channel's history (options.ts checked that the broker keeps history). */
+  /**
+   * A message for every member of a channel with history: the broker numbers it, keeps it and sends it to the other
+   * nodes; this node's members get it with its seq. A broker that can't (Redis away) is logged, and this node's
+   * members get the message without a seq, as they get every message while the other nodes can't be reached.
+   */
   #append (channel: string, message: OutboundMessage, settings: HistorySettings): number {
-    return (this.#broker.append as NonNullable<Broker['append']>)(channel, message, settings).seq
+    const deliver = (position: StreamPosition): number => this.#hub.deliver(channel, Object.assign({}, message, { seq: position.seq }), undefined, 'given')
+    const unnumbered = (err: unknown): number => {
+      this.#log.error({ err, channel }, 'history: the broker could not keep the message; delivered on this node only, without a seq')
+      return this.#hub.deliver(channel, message, undefined, 'given')
+    }
+    let appended: StreamPosition | Promise<StreamPosition>
+    try {
+      appended = (this.#broker.append as NonNullable<Broker['append']>)({ type: 'channel', origin: this.#nodeId, channel, message }, settings)
+    } catch (err) {
+      return unnumbered(err)
+    }
+    if (!(appended instanceof Promise)) return deliver(appended)
+    appended.then(deliver, unnumbered)
+    return this.#hub.channel(channel)?.members.size ?? 0
   }
 
   /**

@@ -9,6 +9,7 @@ import { framePayload, headerLength, textFrame, writeFrame } from './frame.js'
 import { TokenBucket, WindowCounter } from './limits.js'
 import type { Profile, ResolvedOptions, TokenPayload } from './options.js'
 import type { Deadlined } from './deadlines.js'
+import type { StreamPosition } from './broker/broker.js'
 
 /** The options a connection reads: its inbound limits and its send buffer's. */
 export type ConnectionLimits = Pick<ResolvedOptions, 'rateLimit' | 'subscribeRate' | 'badFrames' | 'sendBufferLimit' | 'heartbeat'>
@@ -64,11 +65,28 @@ export interface UpgradePlan {
   payload: TokenPayload | null
   logger: FastifyBaseLogger
   onBinary?: BinaryHandler | undefined
+  /** The client's last position in each channel it had (the `since` query parameter), to recover from. */
+  since?: Readonly<Record<string, StreamPosition>> | null
 }
 
 /** Frames that arrived while the connection was being registered, and their bytes. */
 export interface PendingFrames {
   frames: Array<[RawData, boolean]>
+  bytes: number
+}
+
+/** A frame held back while a recovery is under way, with the channel and seq it carries (if any). */
+interface HeldFrame {
+  frame: Buffer
+  channel: string | undefined
+  seq: number | undefined
+}
+
+/** The frames held back while one or more recoveries (or the open) are under way. */
+interface Held {
+  /** Holds not yet released: the frames go out when the last one is. */
+  count: number
+  frames: HeldFrame[]
   bytes: number
 }
 
@@ -140,6 +158,8 @@ export class Connection implements Deadlined {
   #subscribeRefused: WindowCounter | null = null
   #refused: WindowCounter | null = null
   #badFrames: WindowCounter | null = null
+  /** While a recovery is under way, every frame for the connection waits here, in order (lib/recovery.ts). */
+  #held: Held | null = null
 
   constructor (init: ConnectionInit) {
     this.id = init.id
@@ -217,7 +237,8 @@ export class Connection implements Deadlined {
    * (permessage-deflate), its payload goes through ws. Returns false when the connection is not open or was just
    * closed for being a slow consumer.
    */
-  sendFrame (frame: Buffer): boolean {
+  sendFrame (frame: Buffer, channel?: string, seq?: number): boolean {
+    if (this.#held !== null) return this.#hold(frame, channel, seq)
     if (!this.#writable()) return false
     // ws's own readyState too: once the peer's close frame arrived, ws has answered it, and no frame may follow.
     if (this.#stream !== null && this.#socket.readyState === 1) writeFrame(this.#stream, frame)
@@ -244,7 +265,53 @@ export class Connection implements Deadlined {
 
   /** Encodes and sends one message to this connection alone. */
   send (message: OutboundMessage): boolean {
-    return this.sendFrame(textFrame(encode(message)))
+    return this.sendFrame(textFrame(encode(message)), message.channel, message.seq)
+  }
+
+  /**
+   * Holds back every frame for this connection, in order, until `release`: what a recovery does while it reads a
+   * channel's history, so that no live message of the channel overtakes the answer and its replay. Holds nest; the
+   * frames go out when the last is released. Held frames count against `sendBufferLimit` as unread ones do.
+   */
+  hold (): void {
+    (this.#held ??= { count: 0, frames: [], bytes: 0 }).count++
+  }
+
+  /**
+   * Ends one hold. `head` (an answer and its replay) goes out after what was held of other channels (before
+   * everything, with `first`), and the held frames of each channel in `upTo` follow it, less those with a seq up to
+   * the one `upTo` gives (the replay has them already).
+   */
+  release (head: readonly Buffer[], upTo: ReadonlyMap<string, number>, first = false): void {
+    const held = this.#held
+    if (held === null) return
+    const before: HeldFrame[] = []
+    const after: HeldFrame[] = []
+    for (const entry of held.frames) {
+      const last = entry.channel === undefined ? undefined : upTo.get(entry.channel)
+      if (last === undefined) (first ? after : before).push(entry)
+      else if (entry.seq === undefined || entry.seq > last) after.push(entry)
+    }
+    held.frames = before
+    for (const frame of head) held.frames.push({ frame, channel: undefined, seq: undefined })
+    for (const entry of after) held.frames.push(entry)
+    if (--held.count > 0) return
+    this.#held = null
+    for (const entry of held.frames) this.sendFrame(entry.frame)
+  }
+
+  #hold (frame: Buffer, channel: string | undefined, seq: number | undefined): boolean {
+    if (this.state === ConnectionState.CLOSING || this.state === ConnectionState.CLOSED) return false
+    const held = this.#held as Held
+    held.bytes += frame.length
+    if (held.bytes > this.#limits.sendBufferLimit) {
+      this.log.warn({ held: held.bytes }, 'slow consumer: frames held during a recovery over the send buffer limit: closing')
+      this.#held = null
+      this.close(CloseCode.SLOW_CONSUMER, 'slow consumer: send buffer over its limit')
+      return false
+    }
+    held.frames.push({ frame, channel, seq })
+    return true
   }
 
   /** Starts the closing handshake with a code and a reason (cut to 123 bytes). */

@@ -95,7 +95,7 @@ export class Hub {
     const frame = textFrame(encode(numbered))
     let delivered = 0
     for (const member of channel.members) {
-      if (member.id !== except && member.sendFrame(frame)) delivered++
+      if (member.id !== except && member.sendFrame(frame, name, numbered.seq)) delivered++
     }
     return delivered
   }

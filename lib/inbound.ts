@@ -3,13 +3,21 @@ import { CloseCode, errors, firstError, toClientError } from './errors.js'
 import { assertChannel, decode, envelope, type DecodeError } from './codec.js'
 import { MessageContext, type CommandRegistry } from './commands.js'
 import type { BinaryHandler, Connection } from './connection.js'
-import type { Cluster } from './cluster.js'
+import type { CatchUp, Cluster } from './cluster.js'
+import { replayFrames, subscribeSince } from './recovery.js'
+import type { StreamPosition } from './broker/broker.js'
 import type { Expiry } from './expiry.js'
 import type { ResolvedOptions } from './options.js'
 import { Compile } from 'typebox/compile'
 import { HistoryQuery, type HistoryQueryData, type InboundMessage } from '../schemas/envelope.js'
 
 const historyQuery = Compile(HistoryQuery)
+
+/** What a command returns that wrote its answer itself (a subscribe to a channel with history). */
+const ANSWERED = Symbol('answered')
+
+/** No channel's held frames to drop. */
+const NOTHING: ReadonlyMap<string, number> = new Map()
 
 /**
  * Everything that happens to a frame a client sent: decode, the reserved commands, the membership check, the
@@ -21,10 +29,10 @@ const historyQuery = Compile(HistoryQuery)
 export class Inbound {
   readonly #options: Readonly<ResolvedOptions>
   readonly #commands: CommandRegistry
-  readonly #cluster: Pick<Cluster, 'join' | 'leave' | 'position' | 'read'>
+  readonly #cluster: Pick<Cluster, 'join' | 'leave' | 'position' | 'read' | 'catchUp' | 'keepsHistory'>
   readonly #expiry: Pick<Expiry, 'refresh'>
 
-  constructor (options: Readonly<ResolvedOptions>, commands: CommandRegistry, cluster: Pick<Cluster, 'join' | 'leave' | 'position' | 'read'>, expiry: Pick<Expiry, 'refresh'>) {
+  constructor (options: Readonly<ResolvedOptions>, commands: CommandRegistry, cluster: Pick<Cluster, 'join' | 'leave' | 'position' | 'read' | 'catchUp' | 'keepsHistory'>, expiry: Pick<Expiry, 'refresh'>) {
     this.#options = options
     this.#commands = commands
     this.#cluster = cluster
@@ -82,7 +90,7 @@ export class Inbound {
   }
 
   #settle (conn: Connection, message: InboundMessage, result: unknown): void {
-    if (message.ref !== undefined) conn.send(envelope(message.channel, 'reply', result, message.ref))
+    if (message.ref !== undefined && result !== ANSWERED) conn.send(envelope(message.channel, 'reply', result, message.ref))
   }
 
   /** Hands a binary frame to the route's `onBinary`; what it throws becomes an `error` message. */
@@ -114,16 +122,20 @@ export class Inbound {
       throw new errors.FST_SOCKET_LIMIT_EXCEEDED(`at most ${this.#options.subscribeRate.perSecond} subscribes and unsubscribes a second`)
     }
     switch (cmd) {
-      case 'subscribe':
+      case 'subscribe': {
         assertChannel(channel)
-        if (this.#roomFor(conn, channel)) {
-          if (await this.#options.authorizeChannel(conn.profile, channel) !== true) throw new errors.FST_SOCKET_FORBIDDEN(`subscribing to "${channel}"`)
-          // Checked again: other subscribes of this connection may have taken the last slots while this one was
-          // being authorized, and the limit must hold however many are pipelined.
-          if (this.#roomFor(conn, channel)) await this.#cluster.join(conn, channel)
-        }
-        // With history, where the channel's stream stands.
-        return this.#withPosition(channel)
+        const since = subscribeSince(param)
+        // A member already: where the channel's stream stands is all there is to say (live messages flow).
+        if (!this.#roomFor(conn, channel)) return await this.#withPosition(channel)
+        // Run on every subscribe, recoveries included: a user whose access was revoked replays nothing.
+        if (await this.#options.authorizeChannel(conn.profile, channel) !== true) throw new errors.FST_SOCKET_FORBIDDEN(`subscribing to "${channel}"`)
+        // Checked again: other subscribes of this connection may have taken the last slots while this one was
+        // being authorized, and the limit must hold however many are pipelined.
+        if (!this.#roomFor(conn, channel)) return await this.#withPosition(channel)
+        if (this.#cluster.keepsHistory(channel)) return await this.#joinWithHistory(conn, message, since)
+        await this.#cluster.join(conn, channel)
+        return { channel }
+      }
       case 'unsubscribe':
         assertChannel(channel)
         await this.#cluster.leave(conn, channel)
@@ -133,17 +145,43 @@ export class Inbound {
     }
   }
 
+  /**
+   * Joins a channel with history and answers with its position, and the recovery when the client gave `since`. The
+   * connection's frames are held from before the join until the answer is written, so the answer comes first, then
+   * the replay (the messages after the client's position), then the channel's live messages after the position,
+   * each once, whatever was published meanwhile. The answer is written here, not by `#settle`.
+   */
+  async #joinWithHistory (conn: Connection, message: InboundMessage, since: StreamPosition | undefined): Promise<typeof ANSWERED> {
+    const { channel, ref } = message
+    conn.hold()
+    let catchUp: CatchUp | null
+    try {
+      await this.#cluster.join(conn, channel)
+      catchUp = await this.#cluster.catchUp(channel, since)
+    } catch (err) {
+      conn.release([], NOTHING)
+      throw err
+    }
+    const { epoch, seq } = catchUp?.position ?? { epoch: undefined, seq: undefined }
+    const answer = catchUp === null ? { channel } : { channel, epoch, seq, ...catchUp.recovery }
+    const head = envelope(channel, 'reply', answer, ref)
+    const frames = replayFrames(head, catchUp?.replay ?? [])
+    // Without a ref nobody waits for an answer: the replay alone.
+    conn.release(ref === undefined ? frames.slice(1) : frames, catchUp === null ? NOTHING : new Map([[channel, catchUp.position.seq]]))
+    return ANSWERED
+  }
+
   /** `{ channel }`, and the channel's `epoch` and `seq` when it keeps history. */
-  #withPosition (channel: string): { channel: string, epoch?: string, seq?: number } {
-    const position = this.#cluster.position(channel)
+  async #withPosition (channel: string): Promise<{ channel: string, epoch?: string, seq?: number }> {
+    const position = await this.#cluster.position(channel)
     return position === null ? { channel } : { channel, epoch: position.epoch, seq: position.seq }
   }
 
   /** The `history` command: a page of the channel's kept messages, with its position. */
-  #history (channel: string, param: unknown): unknown {
+  async #history (channel: string, param: unknown): Promise<unknown> {
     if (!historyQuery.Check(param)) throw new errors.FST_SOCKET_BAD_REQUEST(`history: ${firstError(historyQuery, param, 'param', 'is invalid')}`)
     const query = param as HistoryQueryData
-    const page = this.#cluster.read(channel, query?.since, query?.limit ?? 100)
+    const page = await this.#cluster.read(channel, query?.since, query?.limit ?? 100)
     if (page === null) throw new errors.FST_SOCKET_BAD_REQUEST(`"${channel}" keeps no history`)
     return page
   }

@@ -13,6 +13,9 @@ import type { Cluster } from './cluster.js'
 import type { Expiry } from './expiry.js'
 import type { Inbound } from './inbound.js'
 import type { ResolvedOptions } from './options.js'
+import { replayFrames, type Recovery } from './recovery.js'
+import type { StreamPosition } from './broker/broker.js'
+import type { OutboundMessage } from '../schemas/envelope.js'
 
 export type OpenHook = (conn: Connection) => void | Promise<void>
 export type CloseHook = (conn: Connection, code: number) => void | Promise<void>
@@ -190,12 +193,11 @@ export class Lifecycle {
     // Through the upgrade's logger: the connection's own is made only when something logs through it.
     plan.logger.debug({ connId: id, channel: plan.channel }, 'connection open')
     // With history, where the channel's stream stands: a client can tell from seq alone what it has missed.
-    const position = this.#cluster.position(plan.channel)
-    const param = position === null
-      ? { connectionId: id, channels: [plan.channel] }
-      : { connectionId: id, channels: [plan.channel], positions: { [plan.channel]: position } }
-    conn.send(envelope(plan.channel, 'connected', param))
-    void this.#open(conn)
+    // With history, `connected` goes once the connection is in its channels, with where each stands (and what its
+    // recovery replays): every frame for it is held until then. Without, at once.
+    if (this.#options.historyEnabled) conn.hold()
+    else conn.send(envelope(plan.channel, 'connected', { connectionId: id, channels: [plan.channel] }))
+    void this.#open(conn, plan.since ?? null)
   }
 
   /** A frame from a connection's socket: handled when it is open, kept in `pending` while it opens. */
@@ -247,7 +249,7 @@ export class Lifecycle {
     await Promise.all(this.#closePaths)
   }
 
-  async #open (conn: Connection): Promise<void> {
+  async #open (conn: Connection, since: Readonly<Record<string, StreamPosition>> | null): Promise<void> {
     try {
       await this.#cluster.join(conn, conn.home)
       for (const hook of this.#openHooks) {
@@ -255,6 +257,7 @@ export class Lifecycle {
         if (conn.state !== ConnectionState.OPENING) return
         await hook(conn)
       }
+      if (this.#options.historyEnabled && conn.state === ConnectionState.OPENING) await this.#connected(conn, since)
     } catch (err) {
       conn.log.error({ err }, 'connection setup failed')
       conn.close(CloseCode.INTERNAL_ERROR, 'internal error')
@@ -265,6 +268,33 @@ export class Lifecycle {
     const pending = conn.pending
     conn.pending = null
     for (const [data, isBinary] of pending?.frames ?? []) this.#inbound.handle(conn, data, isBinary)
+  }
+
+  /**
+   * `connected`, for a node with history: once the route and `onOpen` have put the connection in its channels, with
+   * each channel's position, and the recovery of each the client gave a position for (`since`), followed by what
+   * the recoveries replay, then whatever was held meanwhile (less what the replay had).
+   */
+  async #connected (conn: Connection, since: Readonly<Record<string, StreamPosition>> | null): Promise<void> {
+    const channels = [...conn.channels]
+    const catchUps = await Promise.all(channels.map((channel) => this.#cluster.catchUp(channel, since?.[channel])))
+    const positions: Record<string, StreamPosition> = {}
+    const recovery: Record<string, Recovery> = {}
+    const replay: OutboundMessage[] = []
+    const upTo = new Map<string, number>()
+    catchUps.forEach((catchUp, i) => {
+      const channel = channels[i] as string
+      if (catchUp === null) return
+      positions[channel] = catchUp.position
+      upTo.set(channel, catchUp.position.seq)
+      if (catchUp.recovery === null) return
+      recovery[channel] = catchUp.recovery
+      for (const message of catchUp.replay) replay.push(message)
+    })
+    const param: Record<string, unknown> = { connectionId: conn.id, channels: [conn.home] }
+    if (upTo.size > 0) param.positions = positions
+    if (since !== null) param.recovery = recovery
+    conn.release(replayFrames(envelope(conn.home, 'connected', param), replay), upTo, true)
   }
 
   async #release (conn: Connection, code: number): Promise<void> {

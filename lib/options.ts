@@ -117,11 +117,18 @@ export interface PresenceOptions {
   maxUsers?: number
 }
 
-/** A channel's history settings; defaults: `size` 100, `ttl` 120000 ms, `metaTtl` 10 × `ttl`. */
+/**
+ * A channel's history settings; defaults: `size` 100, `ttl` 120000 ms, `metaTtl` 10 × `ttl`, `maxRecover` 1000.
+ */
 export interface HistoryOptions {
+  /** Messages kept (1 to 10,000). */
   size?: number
+  /** ms after the channel's last message before its messages are forgotten. */
   ttl?: number
+  /** ms after the channel's last message before its position (epoch and seq) is forgotten; at least `ttl`. */
   metaTtl?: number
+  /** The most messages one recovery replays (0 to 100,000): a client further behind is told `too-many`. */
+  maxRecover?: number
 }
 
 /** The presence settings, resolved: `announce` is always a function. */
@@ -135,6 +142,8 @@ export interface ResolvedOptions extends Omit<OptionsData, 'auth' | 'presence'> 
   presence: Readonly<ResolvedPresence>
   /** A channel's history settings, or null: it keeps none. */
   history: (channel: string) => Readonly<HistorySettings> | null
+  /** `history` was set: some channels may keep history, and connections say where they stand in them. */
+  historyEnabled: boolean
   jwt: Readonly<JwtOptions> | undefined
   auth: OptionsData['auth'] & { profile: ProfileMapper }
   broker: Broker
@@ -150,7 +159,7 @@ function historySettings (input: unknown, where: string): Readonly<HistorySettin
   if (!historyChecker.Check(data)) throw new errors.FST_SOCKET_INVALID_OPTIONS(`${where}${firstError(historyChecker, data, '', 'is invalid')}`)
   const metaTtl = data.metaTtl ?? Math.min(2147483647, data.ttl * 10)
   if (metaTtl < data.ttl) throw new errors.FST_SOCKET_INVALID_OPTIONS(`${where}/metaTtl (${metaTtl}) must be at least /ttl (${data.ttl})`)
-  return Object.freeze({ size: data.size, ttl: data.ttl, metaTtl })
+  return Object.freeze({ size: data.size, ttl: data.ttl, metaTtl, maxRecover: data.maxRecover })
 }
 
 /**
@@ -161,7 +170,7 @@ function historySettings (input: unknown, where: string): Readonly<HistorySettin
 function resolveHistory (history: unknown, broker: Broker): ResolvedOptions['history'] {
   if (history === false || history === undefined) return () => null
   if (broker.append === undefined || broker.position === undefined || broker.read === undefined) {
-    throw new errors.FST_SOCKET_INVALID_OPTIONS('/history needs a broker that keeps history: the memory broker does (Redis: not yet)')
+    throw new errors.FST_SOCKET_INVALID_OPTIONS('/history needs a broker that keeps history (append, position and read): the memory and Redis brokers do')
   }
   if (typeof history === 'function') {
     const pick = history as (channel: string) => unknown
@@ -270,6 +279,7 @@ export function resolveOptions (input: ForgeSocketOptions = {}): Readonly<Resolv
     origins: data.origins === undefined ? undefined : Object.freeze([...data.origins]) as string[],
     broker: resolvedBroker,
     history: resolvedHistory,
+    historyEnabled: history !== false && history !== undefined,
     authorizeChannel: authorizeChannel ?? denyAll
   }
   return Object.freeze(resolved)

@@ -30,13 +30,23 @@ export const ServerMessage = Type.Object({
 
 export type ServerMessageData = Static<typeof ServerMessage>
 
+/** A place in a channel's stream, as a client sends it: the stream's epoch, and the last seq it saw there. */
+export const Position = Type.Object({
+  epoch: Type.String({ minLength: 1, maxLength: 64 }),
+  seq: Type.Integer({ minimum: 0, maximum: Number.MAX_SAFE_INTEGER })
+}, { additionalProperties: false })
+
+/**
+ * The upgrade's `since` query parameter, decoded (base64url of this JSON): each channel's last position, for the
+ * channels the route and `onOpen` put the connection in.
+ */
+export const SinceMap = Type.Record(Type.String(), Position, { maxProperties: 128 })
+export type SinceMapData = Static<typeof SinceMap>
+
 /** The `history` command's param: what to read of a channel's kept messages (docs/protocol.md). */
 export const HistoryQuery = Type.Union([Type.Null(), Type.Object({
   /** Messages after this position (of the channel's epoch); without it, the newest. */
-  since: Type.Optional(Type.Object({
-    epoch: Type.String({ minLength: 1, maxLength: 64 }),
-    seq: Type.Integer({ minimum: 0 })
-  }, { additionalProperties: false })),
+  since: Type.Optional(Position),
   /** At most this many (default 100). */
   limit: Type.Optional(Type.Integer({ minimum: 0, maximum: 100 }))
 }, { additionalProperties: false })])

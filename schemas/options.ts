@@ -27,13 +27,15 @@ export const PresenceSchema = Type.Object({
 
 /**
  * A channel's history (`history`): `size` messages kept; `ttl` ms after the last message they are forgotten;
- * `metaTtl` ms after it the channel's position (epoch and seq) is forgotten too (default 10 × `ttl`, at least `ttl`).
+ * `metaTtl` ms after it the channel's position (epoch and seq) is forgotten too (default 10 × `ttl`, at least `ttl`);
+ * `maxRecover` messages at most are replayed to one client that recovers (one further behind is told `too-many`).
  * Checked in lib/options.ts, for the settings given and for each answer of a function given.
  */
 export const HistorySchema = Type.Object({
   size: Type.Integer({ minimum: 1, maximum: 10000, default: 100 }),
   ttl: Type.Integer({ minimum: 1, maximum: 2147483647, default: 120000 }),
-  metaTtl: Type.Optional(Type.Integer({ minimum: 1, maximum: 2147483647 }))
+  metaTtl: Type.Optional(Type.Integer({ minimum: 1, maximum: 2147483647 })),
+  maxRecover: Type.Integer({ minimum: 0, maximum: 100000, default: 1000 })
 }, { additionalProperties: false })
 
 /**

@@ -158,13 +158,13 @@ t.test('the settings are checked at register', async (t) => {
   }
   t.throws(() => resolveOptions({ jwt: { secret: SECRET }, broker: new RecordingBroker(), history: HISTORY }),
     { code: 'FST_SOCKET_INVALID_OPTIONS', message: /needs a broker that keeps history/ })
-  t.same(resolveOptions(options({ ttl: 1000 })).history('x'), { size: 100, ttl: 1000, metaTtl: 10_000 }, 'defaults: size 100, metaTtl 10 × ttl')
+  t.same(resolveOptions(options({ ttl: 1000 })).history('x'), { size: 100, ttl: 1000, metaTtl: 10_000, maxRecover: 1000 }, 'defaults: size 100, metaTtl 10 × ttl, maxRecover 1000')
   t.equal(resolveOptions(options(false)).history('x'), null)
 })
 
 t.test('streams: messages go after ttl, the position after metaTtl (then a new epoch); abandoned ones are swept', async (t) => {
   const streams = new Streams()
-  const settings = { size: 3, ttl: 100, metaTtl: 1000 }
+  const settings = { size: 3, ttl: 100, metaTtl: 1000, maxRecover: 1000 }
   const m = (param: number): { channel: string, cmd: string, param: number } => ({ channel: 'c', cmd: 'n', param })
   const first = streams.append('c', m(1), settings, 0)
   streams.append('c', m(2), settings, 50)

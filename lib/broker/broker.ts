@@ -11,7 +11,8 @@ export interface Departure {
  * delivers its own messages twice (its local members already got them without a broker round trip).
  */
 export type BrokerMessage =
-  | { type: 'channel', origin: string, channel: string, message: OutboundMessage, except?: string }
+  /** On a channel with history, `message.seq` is its place in the channel's stream, which `epoch` names. */
+  | { type: 'channel', origin: string, channel: string, message: OutboundMessage, except?: string, epoch?: string }
   | { type: 'connection', origin: string, connectionId: string, message: Omit<OutboundMessage, 'channel'> & { channel?: string } }
   | { type: 'join', origin: string, connectionId: string, channel: string }
   | { type: 'leave', origin: string, connectionId: string, channel: string }
@@ -22,6 +23,9 @@ export type BrokerMessage =
    * node tells its members in those channels. Its origin is `node`, whichever node found out.
    */
   | { type: 'node-presence', origin: string, node: string, joined: Departure[], left: Departure[] }
+
+/** A channel message for every node: what `append` numbers, keeps and sends. */
+export type ChannelBroadcast = Extract<BrokerMessage, { type: 'channel' }>
 
 /** One user present in a channel, with how many connections they have in it (on every node). */
 export interface PresenceEntry {
@@ -46,6 +50,8 @@ export interface HistorySettings {
   ttl: number
   /** ms after the last message before the position (epoch and seq) is forgotten: a new epoch begins then. */
   metaTtl: number
+  /** The most messages one recovery replays: a client further behind is told `too-many`. */
+  maxRecover: number
 }
 
 /** Where a channel's stream stands: `seq` is the newest message's (0: none), in the stream that `epoch` names. */
@@ -139,13 +145,15 @@ export interface Broker {
   /** Every live node's last report (this node's own counts are current). */
   nodes? (): Promise<NodeReport[]> | NodeReport[]
   /**
-   * Channel history (the `history` option needs a broker that has these three). `append` gives a message the
-   * channel's next seq, the same on every node, and keeps it; `position` is where the channel's stream stands;
-   * `read` pages through what is kept. Synchronous for now: the memory broker's.
+   * Channel history (the `history` option needs a broker that has these three). `append` gives the message the
+   * channel's next seq, keeps it in the channel's stream and sends it to the other nodes with that seq and the
+   * stream's epoch, in one step, so that every node sees a channel's messages in one order whoever published them.
+   * It answers the position it gave. `position` is where the channel's stream stands (a stream that does not
+   * exist yet begins there, at seq 0, with a new epoch); `read` pages through what is kept.
    */
-  append? (channel: string, message: OutboundMessage, settings: HistorySettings): StreamPosition
-  position? (channel: string, settings: HistorySettings): StreamPosition
-  read? (channel: string, since: StreamPosition | undefined, limit: number, settings: HistorySettings): StreamPage
+  append? (message: ChannelBroadcast, settings: HistorySettings): StreamPosition | Promise<StreamPosition>
+  position? (channel: string, settings: HistorySettings): StreamPosition | Promise<StreamPosition>
+  read? (channel: string, since: StreamPosition | undefined, limit: number, settings: HistorySettings): StreamPage | Promise<StreamPage>
 }
 
 /** `ok`, or `degraded` while other nodes can't be reached. */

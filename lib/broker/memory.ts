@@ -1,6 +1,5 @@
-import type { Broker, BrokerHost, BrokerMessage, HistorySettings, NodeReport, PresenceEntry, PresenceUpdate, StreamPage, StreamPosition } from './broker.js'
+import type { Broker, BrokerHost, BrokerMessage, ChannelBroadcast, HistorySettings, NodeReport, PresenceEntry, PresenceUpdate, StreamPage, StreamPosition } from './broker.js'
 import { Streams } from './streams.js'
-import type { OutboundMessage } from '../../schemas/envelope.js'
 
 interface Node {
   deliver: (message: BrokerMessage) => void
@@ -96,8 +95,10 @@ export class MemoryBroker implements Broker {
     this.#nodeId = null
   }
 
-  append (channel: string, message: OutboundMessage, settings: HistorySettings): StreamPosition {
-    return this.#hub.streams.append(channel, message, settings)
+  append (message: ChannelBroadcast, settings: HistorySettings): StreamPosition {
+    const position = this.#hub.streams.append(message.channel, message.message, settings)
+    this.publish(Object.assign({}, message, { message: Object.assign({}, message.message, { seq: position.seq }), epoch: position.epoch }))
+    return position
   }
 
   position (channel: string, settings: HistorySettings): StreamPosition {
