@@ -8,6 +8,7 @@ import { PresenceAnnouncer, type PresenceMember } from './presence.js'
 import type { Broker, BrokerHealth, BrokerMessage, Departure, HistorySettings, NodeReport, PresenceChange, PresenceEntry, StreamPage, StreamPosition } from './broker/broker.js'
 import type { ResolvedOptions, ResolvedPresence } from './options.js'
 import { recover, type Recovery } from './recovery.js'
+import { Continuity } from './continuity.js'
 import type { OutboundMessage } from '../schemas/envelope.js'
 
 /** Where a channel's stream stands for a connection that joins it, and what its recovery replays (lib/recovery.ts). */
@@ -41,6 +42,7 @@ export class Cluster {
   readonly #broker: Broker
   readonly #log: FastifyBaseLogger
   readonly #presence: PresenceAnnouncer
+  readonly #continuity: Continuity
   readonly #history: ResolvedOptions['history']
   /** When wrong history settings were last logged: once a minute at most, whatever the traffic. */
   #warned = -Infinity
@@ -51,6 +53,12 @@ export class Cluster {
     this.#broker = broker
     this.#log = log
     this.#history = history
+    this.#continuity = new Continuity({
+      deliver: (channel, message) => this.#hub.deliver(channel, message, undefined, 'given'),
+      read: (channel, since, limit) => this.read(channel, since, limit),
+      position: (channel) => this.position(channel),
+      log
+    })
     this.#presence = new PresenceAnnouncer(presence, {
       broadcast: (channel, cmd, param, except) => { this.broadcast(envelope(channel, cmd, param), except) },
       deliver: (channel, cmd, param) => { this.#hub.deliver(channel, envelope(channel, cmd, param), undefined, this.#numbering(channel)) },
@@ -74,7 +82,8 @@ export class Cluster {
       deliver: (message) => this.receive(message),
       log: this.#log.child({ broker: true }),
       counts: () => this.#hub.counts(),
-      presence: () => this.#hub.presenceEntries()
+      presence: () => this.#hub.presenceEntries(),
+      resumed: () => { this.#continuity.resumed() }
     })
     if (wait <= 0 || broker.health !== 'degraded') return
     let timer: NodeJS.Timeout | undefined
@@ -134,10 +143,12 @@ export class Cluster {
     if (settings === null) return null
     if (since === undefined) {
       const position = await (this.#broker.position as NonNullable<Broker['position']>)(channel, settings)
+      this.#continuity.known(channel, position)
       return { position: { epoch: position.epoch, seq: position.seq }, recovery: null, replay: [] }
     }
     // At least one: the first message after the client's tells whether what it missed is still kept.
     const page = await (this.#broker.read as NonNullable<Broker['read']>)(channel, since, Math.max(1, settings.maxRecover), settings)
+    this.#continuity.known(channel, page)
     const { recovery, replay } = recover(page, since, settings.maxRecover)
     return { position: { epoch: page.epoch, seq: page.seq }, recovery, replay }
   }
@@ -189,7 +200,10 @@ export class Cluster {
     const change = this.#hub.join(conn, channel)
     if (change === null) return
     const announced = this.#announce(conn, change, 'user-joined')
-    if (change.firstOrLast) change.channel.subscribed = this.#subscribe(channel)
+    if (change.firstOrLast) {
+      if (this.#settings(channel) !== null) this.#continuity.track(channel)
+      change.channel.subscribed = this.#subscribe(channel)
+    }
     try {
       await change.channel.subscribed
     } catch (err) {
@@ -205,7 +219,10 @@ export class Cluster {
     const change = this.#hub.leave(conn, channel)
     if (change === null) return
     const announced = this.#announce(conn, change, 'user-left')
-    if (change.firstOrLast) await this.#broker.unsubscribe(channel)
+    if (change.firstOrLast) {
+      this.#continuity.untrack(channel)
+      await this.#broker.unsubscribe(channel)
+    }
     await announced
   }
 
@@ -216,6 +233,8 @@ export class Cluster {
     if (message.origin === this.#nodeId) return
     switch (message.type) {
       case 'channel':
+        // With history: in seq order, each once, gaps filled (lib/continuity.ts).
+        if (message.epoch !== undefined && message.message.seq !== undefined) return this.#continuity.receive(message.channel, message.message, message.epoch)
         this.#hub.deliver(message.channel, message.message, message.except, message.message.seq === undefined ? this.#numbering(message.channel) : 'given')
         return
       case 'connection': {
@@ -286,11 +305,14 @@ export class Cluster {
    * members get the message without a seq, as they get every message while the other nodes can't be reached.
    */
   #append (channel: string, message: OutboundMessage, settings: HistorySettings): number {
-    const deliver = (position: StreamPosition): number => this.#hub.deliver(channel, Object.assign({}, message, { seq: position.seq }), undefined, 'given')
+    const continuity = this.#continuity
+    const deliver = (position: StreamPosition): number => continuity.appended(channel, Object.assign({}, message, { seq: position.seq }), position.epoch)
     const unnumbered = (err: unknown): number => {
       this.#log.error({ err, channel }, 'history: the broker could not keep the message; delivered on this node only, without a seq')
+      continuity.appended(channel, null, '')
       return this.#hub.deliver(channel, message, undefined, 'given')
     }
+    continuity.appending(channel)
     let appended: StreamPosition | Promise<StreamPosition>
     try {
       appended = (this.#broker.append as NonNullable<Broker['append']>)({ type: 'channel', origin: this.#nodeId, channel, message }, settings)

@@ -90,6 +90,12 @@ export interface BrokerHost {
   counts: () => NodeCounts
   /** Every `[channel, user, connections]` of this node: what a broker writes again after its store lost it. */
   presence: () => Iterable<[channel: string, user: string, connections: number]>
+  /**
+   * The broker is receiving again after an outage (its subscriptions renewed): messages may have been lost
+   * meanwhile, and channels with history are checked against their streams. A broker that can lose messages
+   * should call it.
+   */
+  resumed?: () => void
 }
 
 /**
