@@ -80,6 +80,15 @@ const scenarios: Scenario[] = [
     kinds: ['forge'],
     nodes: 2,
     task: (kind, ports) => ({ scenario: 'fanout', kind, ports, subscribers: 1000, warmup, duration, window: 4 })
+  },
+  {
+    // fanout-1k-redis with history on: each broadcast is one append script (seq, stream, trim, TTLs, publish).
+    id: 'fanout-1k-redis-history',
+    title: 'fan-out to 1,000 subscribers split over two forge-socket nodes sharing a Redis, history on (size 100)',
+    kinds: ['forge'],
+    nodes: 2,
+    env: { BENCH_HISTORY: '1' },
+    task: (kind, ports) => ({ scenario: 'fanout', kind, ports, subscribers: 1000, warmup, duration, window: 4 })
   }
 ]
 
@@ -243,6 +252,7 @@ function targets (): Array<{ target: string, value: number | null, pass: boolean
   list.push({ target: 'connect: handshakes/s ≥ 0.8x raw ws', value: ratio(get('connect', 'forge')?.rate, get('connect', 'ws')?.rate), limit: 0.8, atMost: false })
   list.push({ target: 'connect: memory per idle connection ≤ 1.3x raw ws', value: ratio(get('connect', 'forge')?.bytesPerConnection, get('connect', 'ws')?.bytesPerConnection), limit: 1.3, atMost: true })
   list.push({ target: 'two nodes over Redis ≥ 0.6x one node (1k fan-out)', value: ratio(get('fanout-1k-redis', 'forge')?.rate, get('fanout-1k', 'forge')?.rate), limit: 0.6, atMost: false })
+  list.push({ target: 'two nodes over Redis with history ≥ 0.5x one node with history (1k fan-out)', value: ratio(get('fanout-1k-redis-history', 'forge')?.rate, get('fanout-1k-history', 'forge')?.rate), limit: 0.5, atMost: false })
   const lost = Object.values(results).flatMap((byKind) => Object.values(byKind)).reduce((sum, r) => sum + (r?.lost ?? 0), 0)
   return [
     ...list.map(({ target, value, limit, atMost }) => ({ target, value, pass: value === null ? null : atMost ? value <= limit : value >= limit })),

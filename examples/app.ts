@@ -62,14 +62,14 @@ export async function buildDemo (options: DemoOptions = {}): Promise<FastifyInst
   const redisUrl = options.redisUrl ?? process.env.REDIS_URL
   const nodeTtl = options.nodeTtl ?? (process.env.NODE_TTL === undefined ? undefined : Number(process.env.NODE_TTL))
   // Chat rooms and each user's notifications keep their last messages (HISTORY_SIZE, for HISTORY_TTL ms after the
-  // last one); the memory broker keeps history, Redis does not yet.
+  // last one), in memory or in Redis: a client that reconnects gets what it missed.
   const history = { size: Number(process.env.HISTORY_SIZE ?? 100), ttl: Number(process.env.HISTORY_TTL ?? 300_000) }
   await app.register(forgeSocket, {
     jwt: { secret },
     broker: redisUrl === undefined ? 'memory' : new RedisBroker({ redis: redisUrl, nodeTtl }),
     // Chat rooms announce who comes and goes; the notification channels (one of them holds everyone) do not.
     presence: { announce: (channel) => channel.startsWith('chat-room-') ? 'events' : 'none' },
-    history: redisUrl === undefined ? (channel) => channel.startsWith('chat-room-') || channel.startsWith('user-') ? history : false : false,
+    history: (channel) => channel.startsWith('chat-room-') || channel.startsWith('user-') ? history : false,
     // Opening and closing connections in a loop is work too: 429 with Retry-After past these.
     connectionLimits: { perUser: 50, ratePerIp: 20, ratePerUser: 10, burst: 40 },
     auth: {

@@ -141,16 +141,28 @@ export class Cluster {
   async catchUp (channel: string, since: StreamPosition | undefined): Promise<CatchUp | null> {
     const settings = this.#settings(channel)
     if (settings === null) return null
-    if (since === undefined) {
-      const position = await (this.#broker.position as NonNullable<Broker['position']>)(channel, settings)
-      this.#continuity.known(channel, position)
-      return { position: { epoch: position.epoch, seq: position.seq }, recovery: null, replay: [] }
-    }
     // At least one: the first message after the client's tells whether what it missed is still kept.
-    const page = await (this.#broker.read as NonNullable<Broker['read']>)(channel, since, Math.max(1, settings.maxRecover), settings)
-    this.#continuity.known(channel, page)
+    const read = since === undefined
+      ? { ...await (this.#broker.position as NonNullable<Broker['position']>)(channel, settings), messages: [] }
+      : await (this.#broker.read as NonNullable<Broker['read']>)(channel, since, Math.max(1, settings.maxRecover), settings)
+    this.#continuity.known(channel, read)
+    const page = this.#asDelivered(channel, read, since)
+    const position = { epoch: page.epoch, seq: page.seq }
+    if (since === undefined) return { position, recovery: null, replay: [] }
     const { recovery, replay } = recover(page, since, settings.maxRecover)
-    return { position: { epoch: page.epoch, seq: page.seq }, recovery, replay }
+    return { position, recovery, replay }
+  }
+
+  /**
+   * The stream as this node's members have it: where this node has not delivered everything the stream holds yet (a
+   * gap being filled, this node's own appends not answered), what follows comes live through continuity, so the
+   * position and the replay stop where its members are (or where the client is, if it saw more on another node).
+   */
+  #asDelivered (channel: string, page: StreamPage, since: StreamPosition | undefined): StreamPage {
+    const here = this.#continuity.delivered(channel)
+    if (here === null || here.epoch !== page.epoch || here.seq >= page.seq) return page
+    const seq = since !== undefined && since.epoch === page.epoch ? Math.max(here.seq, Math.min(since.seq, page.seq)) : here.seq
+    return { epoch: page.epoch, seq, messages: page.messages.filter((message) => (message.seq as number) <= seq) }
   }
 
   /** A message to one connection, wherever it is; true when it is on this node and took it. */

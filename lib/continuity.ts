@@ -70,6 +70,15 @@ export class Continuity {
     tracker.seq = position.seq
   }
 
+  /**
+   * What this node has delivered to its members of a channel (null: nothing yet, or no member here). Messages after
+   * it are still to come through here, in order, even where the stream has them already.
+   */
+  delivered (channel: string): StreamPosition | null {
+    const tracker = this.#channels.get(channel)
+    return tracker === undefined || tracker.epoch === null ? null : { epoch: tracker.epoch, seq: tracker.seq }
+  }
+
   /** One of this node's appends is under way. */
   appending (channel: string): void {
     const tracker = this.#channels.get(channel)

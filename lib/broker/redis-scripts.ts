@@ -63,3 +63,76 @@ for _, node in ipairs(redis.call('SMEMBERS', KEYS[1])) do
 end
 return out
 `
+
+// Channel history (keys after the prefix): hs:{<channel>} (a STREAM: entry id "<seq>-0", field m = the message's
+// JSON without its seq) and hm:{<channel>} (a HASH: e the epoch, o the newest seq, r the run_id of the Redis that
+// began the epoch). The hash tag keeps a channel's two keys in one Cluster slot. Each script reads the run_id of the
+// Redis it runs on: a meta made under another one (a Redis that restarted, reloaded an older snapshot, or is a
+// promoted replica) may be behind what the nodes told their clients, so the stream begins again, with a new epoch.
+
+/**
+ * The start of both: `run`, the run_id of the Redis running the script, and the meta in KEYS[2] as `epoch` and `top`,
+ * or false and 0 when there is none made under that run_id (with e, o and r set).
+ */
+const FENCE = `
+local run = string.match(redis.call('INFO', 'server'), 'run_id:(%w+)')
+local meta = redis.call('HMGET', KEYS[2], 'e', 'o', 'r')
+local epoch, top = meta[1], tonumber(meta[2])
+if not epoch or not top or meta[3] ~= run then
+  epoch, top = false, 0
+end
+`
+
+/**
+ * KEYS: hs:{<channel>}, hm:{<channel>}. ARGV: the pub/sub channel, a new epoch (used when the stream begins), size,
+ * ttl ms, metaTtl ms, the message's JSON (without seq), the broadcast's JSON up to its message
+ * (`{"type":"channel",…,"message":`).
+ * Gives the message the next seq, keeps it (the last `size`), resets both TTLs and publishes
+ * `h:<seq>:<epoch>:<broadcast JSON>`, in one step: every node sees a channel's messages in seq order. The seq is
+ * written after the XADD, so a script that fails leaves no seq without its message. Returns [seq, epoch].
+ */
+export const APPEND = FENCE + `
+if not epoch then epoch = ARGV[2] end
+local seq = string.format('%d', top + 1)
+-- A first message: whatever stream is there is another epoch's (memory eviction may have taken the meta alone).
+if top == 0 then redis.call('DEL', KEYS[1]) end
+redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[3], seq .. '-0', 'm', ARGV[6])
+redis.call('HSET', KEYS[2], 'e', epoch, 'o', seq, 'r', run)
+redis.call('PEXPIRE', KEYS[1], ARGV[4])
+redis.call('PEXPIRE', KEYS[2], ARGV[5])
+redis.call('PUBLISH', ARGV[1], 'h:' .. seq .. ':' .. epoch .. ':' .. ARGV[7] .. ARGV[6] .. '}')
+return { top + 1, epoch }
+`
+
+/**
+ * KEYS: hs:{<channel>}, hm:{<channel>}. ARGV: a new epoch (used when the stream begins), metaTtl ms, the epoch of
+ * `since` ('' for none), the seq to read from (since's + 1), limit.
+ * A stream that does not exist (or was made under another run_id) begins here: its meta is written at seq 0, so
+ * the next append goes on from the position this one answers. Returns [epoch, top, { id, message JSON, … }]: up to
+ * `limit` messages, oldest first, those from the given seq when `since` is of this epoch, else the newest.
+ */
+export const READ = FENCE + `
+if not epoch then
+  epoch = ARGV[1]
+  redis.call('DEL', KEYS[1])
+  redis.call('HSET', KEYS[2], 'e', epoch, 'o', 0, 'r', run)
+  redis.call('PEXPIRE', KEYS[2], ARGV[2])
+end
+local limit = tonumber(ARGV[5])
+local out = {}
+-- COUNT 0 would mean no limit.
+if limit == 0 then return { epoch, top, out } end
+local entries, first, last, step
+if ARGV[3] == epoch then
+  entries = redis.call('XRANGE', KEYS[1], ARGV[4], '+', 'COUNT', limit)
+  first, last, step = 1, #entries, 1
+else
+  entries = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', limit)
+  first, last, step = #entries, 1, -1
+end
+for i = first, last, step do
+  table.insert(out, entries[i][1])
+  table.insert(out, entries[i][2][2])
+end
+return { epoch, top, out }
+`

@@ -1,7 +1,9 @@
 import { errors } from '../errors.js'
-import type { Broker, BrokerHealth, BrokerHost, BrokerMessage, Departure, NodeReport, PresenceEntry, PresenceUpdate } from './broker.js'
-import { HEARTBEAT, REAP, SET_PRESENCE } from './redis-scripts.js'
+import type { OutboundMessage } from '../../schemas/envelope.js'
+import type { Broker, BrokerHealth, BrokerHost, BrokerMessage, ChannelBroadcast, Departure, HistorySettings, NodeReport, PresenceEntry, PresenceUpdate, StreamPage, StreamPosition } from './broker.js'
+import { APPEND, HEARTBEAT, READ, REAP, SET_PRESENCE } from './redis-scripts.js'
 import { openClients, type RedisClient, type RedisConnectionOptions } from './redis-client.js'
+import { newEpoch } from './streams.js'
 
 /** How the Redis broker is set up. */
 export interface RedisBrokerOptions {
@@ -32,6 +34,8 @@ interface ScriptedRedis extends RedisClient {
   forgeSetPresence: (held: string, present: string, field: string, user: string, connections: number) => Promise<[number, number]>
   forgeHeartbeat: (nodeKey: string, nodes: string, reaped: string, id: string, report: string, ttl: number) => Promise<[number, number]>
   forgeReap: (nodes: string, prefix: string, remember: number) => Promise<string[]>
+  forgeAppend: (stream: string, meta: string, channel: string, epoch: string, size: number, ttl: number, metaTtl: number, message: string, head: string) => Promise<[number, string]>
+  forgeRead: (stream: string, meta: string, epoch: string, metaTtl: number, sinceEpoch: string, from: number, limit: number) => Promise<[string, number, string[]]>
 }
 
 /**
@@ -43,6 +47,12 @@ interface ScriptedRedis extends RedisClient {
  * itself every `nodeTtl / 3`; a node whose report expired is removed by the next node to look, and its users'
  * channels are told `user-left`. A node that finds its report gone (Redis restarted, or it was removed while
  * frozen) writes its presence again.
+ *
+ * Channel history is a Redis stream per channel (`<prefix>hs:{<name>}`) and its position, a hash
+ * (`<prefix>hm:{<name>}`: epoch, newest seq, and the run_id of the Redis that began the epoch). One script gives a
+ * message its seq, keeps it and publishes it, so every node sees a channel's messages in one order. A Redis that
+ * restarted, reloaded an older snapshot or was promoted from a replica has another run_id: the streams it holds
+ * begin again there, with new epochs, and never go on from a position lower than one a client was told.
  *
  * Publishing never queues: while Redis is unreachable a publish fails at once with FST_SOCKET_BROKER_UNAVAILABLE,
  * and a frozen Redis fails it after `commandTimeout`. Subscriptions come back by themselves when Redis does. A node
@@ -99,6 +109,8 @@ export class RedisBroker implements Broker {
     this.#pub.defineCommand('forgeSetPresence', { numberOfKeys: 2, lua: SET_PRESENCE })
     this.#pub.defineCommand('forgeHeartbeat', { numberOfKeys: 3, lua: HEARTBEAT })
     this.#pub.defineCommand('forgeReap', { numberOfKeys: 1, lua: REAP })
+    this.#pub.defineCommand('forgeAppend', { numberOfKeys: 2, lua: APPEND })
+    this.#pub.defineCommand('forgeRead', { numberOfKeys: 2, lua: READ })
     for (const client of [this.#pub, this.#sub]) client.on('error', this.#reportError)
     this.#sub.on('message', this.#receive)
     // Back after an outage: report at once (and write presence again if Redis lost it).
@@ -145,6 +157,7 @@ export class RedisBroker implements Broker {
     // On every ready, not once: a subscription that failed is sent again when the subscriber next connects (one
     // that succeeded is remembered, and ioredis renews it itself).
     this.#sub.on('ready', this.#subscribeControl)
+    this.#sub.on('ready', this.#resubscribed)
     if (this.health === 'ok') {
       this.#away = false
       await this.#subscribeControl()
@@ -209,6 +222,57 @@ export class RedisBroker implements Broker {
     return nodes
   }
 
+  /**
+   * Gives the message its channel's next seq, keeps it and publishes it to the other nodes with that seq and the
+   * stream's epoch: one script, so the order is the same on every node. Resolves with the position it gave.
+   *
+   * @example
+   * const { epoch, seq } = await broker.append({ type: 'channel', origin: nodeId, channel, message }, settings)
+   */
+  async append (message: ChannelBroadcast, settings: HistorySettings): Promise<StreamPosition> {
+    const { message: outbound, epoch: _epoch, ...head } = message
+    const { seq: _seq, ...stored } = outbound
+    // The broadcast's JSON is cut before its message, which the script puts in once it is stored: the message
+    // travels to Redis once.
+    const open = `${JSON.stringify(head).slice(0, -1)},"message":`
+    const [seq, epoch] = await this.#command(() => this.#pub.forgeAppend(
+      this.#key(`hs:{${message.channel}}`), this.#key(`hm:{${message.channel}}`), this.#key(`ch:${message.channel}`),
+      newEpoch(), settings.size, settings.ttl, settings.metaTtl, JSON.stringify(stored), open))
+    return { epoch, seq }
+  }
+
+  /**
+   * Where the channel's stream stands. A stream that does not exist yet begins here, at seq 0, with a new epoch
+   * that the next append goes on in.
+   *
+   * @example
+   * const { epoch, seq } = await broker.position('room-lobby', settings)
+   */
+  async position (channel: string, settings: HistorySettings): Promise<StreamPosition> {
+    const { epoch, seq } = await this.read(channel, undefined, 0, settings)
+    return { epoch, seq }
+  }
+
+  /**
+   * Up to `limit` kept messages of the channel, oldest first: those after `since` when it is of the stream's epoch,
+   * else the newest. `limit` 0 reads the position alone.
+   *
+   * @example
+   * const page = await broker.read('room-lobby', { epoch, seq: 41 }, 100, settings)   // from seq 42
+   */
+  async read (channel: string, since: StreamPosition | undefined, limit: number, settings: HistorySettings): Promise<StreamPage> {
+    return await this.#command(async () => {
+      const [epoch, seq, flat] = await this.#pub.forgeRead(this.#key(`hs:{${channel}}`), this.#key(`hm:{${channel}}`),
+        newEpoch(), settings.metaTtl, since?.epoch ?? '', (since?.seq ?? 0) + 1, limit)
+      const messages: OutboundMessage[] = []
+      for (let i = 0; i + 1 < flat.length; i += 2) {
+        // Entry ids are "<seq>-0".
+        messages.push(Object.assign(JSON.parse(flat[i + 1] as string) as OutboundMessage, { seq: Number.parseInt(flat[i] as string, 10) }))
+      }
+      return { epoch, seq, messages }
+    })
+  }
+
   async close (): Promise<void> {
     this.#closed.abort()
     if (this.#timer !== null) clearInterval(this.#timer)
@@ -223,6 +287,7 @@ export class RedisBroker implements Broker {
     this.#host = null
     this.#sub.off('message', this.#receive)
     this.#sub.off('ready', this.#subscribeControl)
+    this.#sub.off('ready', this.#resubscribed)
     await Promise.all([this.#pub, this.#sub].map(async (client) => {
       client.off('error', this.#reportError)
       // quit() waits for Redis; a client that is not connected is just disconnected.
@@ -238,6 +303,17 @@ export class RedisBroker implements Broker {
       this.#controlSubscribed = null
       this.#reportError(err)
     }))
+
+  /**
+   * The subscriber is connected (again, after an outage or a killed connection): pub/sub lost whatever was published
+   * meanwhile. (At start, no channel has members yet, and this costs nothing.) Once ioredis's renewed subscriptions are in place (it sends them right after 'ready'; a PING answered
+   * after them says they are), the cluster checks each channel with history against its stream.
+   */
+  readonly #resubscribed = (): void => {
+    setImmediate(() => {
+      this.#sub.ping().then(() => this.#host?.resumed?.(), this.#reportError)
+    })
+  }
 
   /** A prefixed key or channel name. */
   #key (name: string): string {
@@ -339,7 +415,7 @@ export class RedisBroker implements Broker {
   readonly #receive = (_channel: string, payload: string): void => {
     let message: BrokerMessage
     try {
-      message = JSON.parse(payload) as BrokerMessage
+      message = payload.startsWith('h:') ? appended(payload) : JSON.parse(payload) as BrokerMessage
     } catch (err) {
       return this.#host?.log.error({ err }, 'unreadable message from Redis')
     }
@@ -353,6 +429,17 @@ export class RedisBroker implements Broker {
     this.#away = true
     this.#host?.log.warn({ err: { message: err.message, code: (err as { code?: string }).code } }, 'redis broker: connection trouble')
   }
+}
+
+/** The channel message an append published: `h:<seq>:<epoch>:<JSON of the broadcast, its message without seq>`. */
+function appended (payload: string): ChannelBroadcast {
+  const seqEnd = payload.indexOf(':', 2)
+  const epochEnd = payload.indexOf(':', seqEnd + 1)
+  if (seqEnd === -1 || epochEnd === -1) throw new Error('a history message without its seq and epoch')
+  const message = JSON.parse(payload.slice(epochEnd + 1)) as ChannelBroadcast
+  message.message.seq = Number(payload.slice(2, seqEnd))
+  message.epoch = payload.slice(seqEnd + 1, epochEnd)
+  return message
 }
 
 /**
