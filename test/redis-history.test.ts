@@ -1,17 +1,12 @@
 // Channel history on the Redis broker: two brokers (two nodes, no app around them) on a redis-server this file
 // spawns on a free port, and kills, freezes, restarts empty or restarts from an older snapshot.
 import t, { type Test } from 'tap'
-import { spawn, type ChildProcess } from 'node:child_process'
 import { once } from 'node:events'
-import { mkdtemp, rm } from 'node:fs/promises'
-import { tmpdir } from 'node:os'
-import { join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { Redis } from 'ioredis'
 import { RedisBroker, type BrokerMessage, type HistorySettings, type OutboundMessage, type StreamPosition } from '../plugin.js'
 import type { ChannelBroadcast } from '../lib/broker/broker.js'
-import { freePort } from './helpers/demo-process.js'
-import { RedisProcess, redisServerBinary, requireRedis } from './helpers/redis.js'
+import { RedisProcess, requireRedis } from './helpers/redis.js'
 
 /** One node: its broker, and what the broker delivered to it and logged as errors. */
 interface Node {
@@ -105,69 +100,6 @@ async function runId (admin: Redis): Promise<string | undefined> {
 
 const hs = (channel: string): string => `forge-socket:hs:{${channel}}`
 const hm = (channel: string): string => `forge-socket:hm:{${channel}}`
-
-/**
- * A redis-server whose snapshot is in a directory of its own (RedisProcess keeps none): SAVE writes dump.rdb there,
- * and a restart loads it. SIGKILL saves nothing, so a restart goes back to the last SAVE.
- */
-class SnapshotRedis {
-  readonly port: number
-  readonly dir: string
-  #child: ChildProcess | null = null
-
-  private constructor (port: number, dir: string) {
-    this.port = port
-    this.dir = dir
-  }
-
-  static async start (t: Test): Promise<SnapshotRedis> {
-    const redis = new SnapshotRedis(await freePort(), await mkdtemp(join(tmpdir(), 'forge-socket-rdb-')))
-    t.after(async () => {
-      await redis.kill()
-      await rm(redis.dir, { recursive: true, force: true })
-    })
-    await redis.restart()
-    return redis
-  }
-
-  get url (): string {
-    return `redis://127.0.0.1:${this.port}`
-  }
-
-  /** Starts on the same port and directory (loading dump.rdb if there is one); resolves once it accepts connections. */
-  async restart (): Promise<void> {
-    const args = ['--port', String(this.port), '--bind', '127.0.0.1', '--dir', this.dir, '--dbfilename', 'dump.rdb', '--save', '', '--appendonly', 'no']
-    const child = spawn(redisServerBinary() as string, args, { stdio: ['ignore', 'pipe', 'inherit'] })
-    this.#child = child
-    let out = ''
-    await new Promise<void>((resolve, reject) => {
-      child.stdout?.on('data', (chunk: Buffer) => {
-        out += chunk.toString()
-        if (out.includes('Ready to accept connections')) resolve()
-      })
-      child.once('exit', (code) => reject(new Error(`redis-server exited (${code}): ${out}`)))
-    })
-    child.stdout?.resume()
-  }
-
-  /** SIGKILL, and resolves once it is gone. */
-  async kill (): Promise<void> {
-    const child = this.#child
-    if (child === null || child.exitCode !== null || child.signalCode !== null) return
-    const exited = once(child, 'exit')
-    child.kill('SIGKILL')
-    await exited
-    this.#child = null
-  }
-
-  /** A client of the test's own, quit after the test. */
-  client (t: Test): Redis {
-    const client = new Redis(this.url, { commandTimeout: 1000 })
-    client.on('error', () => {})
-    t.after(() => client.quit().catch(() => client.disconnect()))
-    return client
-  }
-}
 
 if (requireRedis(t)) {
   t.test('append numbers 1, 2, 3… on every node; position and read agree; at most `size` are kept', async (t) => {
@@ -300,7 +232,7 @@ if (requireRedis(t)) {
   })
 
   t.test('fencing: a Redis restarted from an older snapshot never goes on in the old epoch', async (t) => {
-    const redis = await SnapshotRedis.start(t)
+    const redis = await RedisProcess.start(t, { snapshots: true })
     const a = await node(t, redis.url)
     const s = settings()
     const [p] = await appendMany(a, 'p', 5, s)

@@ -1,6 +1,9 @@
 import { spawn, execFileSync, type ChildProcess } from 'node:child_process'
 import { createServer } from 'node:net'
 import { once } from 'node:events'
+import { mkdtemp, rm } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
 import type { Test } from 'tap'
 import { createRequire } from 'node:module'
 import { Redis } from 'ioredis'
@@ -42,18 +45,29 @@ async function freePort (): Promise<number> {
   return port
 }
 
-/** A redis-server of the test's own, on a free port, that the test can kill, freeze and restart. */
+/**
+ * A redis-server of the test's own, on a free port, that the test can kill, freeze and restart. With `snapshots`, it
+ * keeps its dump.rdb in a directory of its own: SAVE writes it, a restart loads it (SIGKILL saves nothing, so a
+ * restart goes back to the last SAVE). Without, it starts empty every time.
+ */
 export class RedisProcess {
   readonly port: number
+  /** The directory of its snapshot, or null. */
+  readonly dir: string | null
   #child: ChildProcess | null = null
 
-  private constructor (port: number) {
+  private constructor (port: number, dir: string | null) {
     this.port = port
+    this.dir = dir
   }
 
-  static async start (t: Test): Promise<RedisProcess> {
-    const redis = new RedisProcess(await freePort())
-    t.after(() => redis.stop())
+  static async start (t: Test, options: { snapshots?: boolean } = {}): Promise<RedisProcess> {
+    const dir = options.snapshots === true ? await mkdtemp(join(tmpdir(), 'forge-socket-rdb-')) : null
+    const redis = new RedisProcess(await freePort(), dir)
+    t.after(async () => {
+      await redis.stop()
+      if (dir !== null) await rm(dir, { recursive: true, force: true })
+    })
     await redis.restart()
     return redis
   }
@@ -72,7 +86,8 @@ export class RedisProcess {
 
   /** Starts (again) on the same port and resolves once it accepts connections. */
   async restart (): Promise<void> {
-    const child = spawn(redisServerBinary() as string, ['--port', String(this.port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'], { stdio: ['ignore', 'pipe', 'inherit'] })
+    const snapshot = this.dir === null ? [] : ['--dir', this.dir, '--dbfilename', 'dump.rdb']
+    const child = spawn(redisServerBinary() as string, ['--port', String(this.port), '--bind', '127.0.0.1', ...snapshot, '--save', '', '--appendonly', 'no'], { stdio: ['ignore', 'pipe', 'inherit'] })
     this.#child = child
     let out = ''
     await new Promise<void>((resolve, reject) => {
