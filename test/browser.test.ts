@@ -1,6 +1,7 @@
 // The demo page, with forge-socket's client, in Debian's Chromium driven by playwright-core: two people log in and
-// chat, one gets a notification, the server is killed and restarted, and both pages recover. And what a browser
-// makes of a refused upgrade, whose status it cannot see.
+// chat, one gets a notification, the server is killed and restarted, and both pages recover: the restarted server's
+// memory broker has new streams (reason epoch), so each page reloads its room and its notifications from the
+// `history` command, and the chat goes on. And what a browser makes of a refused upgrade, whose status it cannot see.
 import t from 'tap'
 import { existsSync } from 'node:fs'
 import { stat } from 'node:fs/promises'
@@ -54,6 +55,7 @@ if (!existsSync(CHROMIUM)) {
       return page
     }
     const chatLine = (page: Page, text: string): Promise<unknown> => page.waitForSelector(`#chat-log li:text-is("${text}")`, WAIT)
+    const chatLines = (page: Page, text: string): Promise<number> => page.locator(`#chat-log li:text-is("${text}")`).count()
     async function say (page: Page, text: string): Promise<void> {
       await page.fill('#text', text)
       await page.click('#chat button')
@@ -86,14 +88,30 @@ if (!existsSync(CHROMIUM)) {
       await page.waitForSelector('#notifications-status[data-state="open"]', WAIT)
     }
     t.pass('both pages reconnect to the restarted server')
+    for (const [name, page] of [['ann', ann], ['bob', bob]] as const) {
+      // A new memory broker: another stream, so nothing can be replayed, and the page reads the room again.
+      await page.waitForSelector('#chat-recovery[data-recovered="false"][data-reason="epoch"]', WAIT)
+      await page.waitForSelector('#chat-recovery:has-text("Reloaded after a server restart")', WAIT)
+      await page.waitForSelector('#notifications-recovery[data-reason="epoch"]:has-text("Reloaded after a server restart")', WAIT)
+      t.pass(`${name}'s page reports the recovery (reason epoch) and reloaded its room and notifications`)
+      t.equal(await chatLines(page, 'bob: hello ann'), 0, `${name}: what was said before the restart is gone with the memory broker, and the page shows that`)
+    }
+    t.equal(await ann.locator('#notifications li:has-text("bob: Ping")').count(), 0, 'so is ann\'s notification')
     await chatLine(ann, 'ann: sent while the server was down')
-    t.pass('the message queued while down is delivered after the reconnection')
+    await chatLine(bob, 'ann: sent while the server was down')
+    t.pass('the message queued while down is delivered after the reconnection (to bob, live or from the reload)')
 
     await say(bob, 'back again')
     await chatLine(ann, 'bob: back again')
     await say(ann, 'welcome back')
     await chatLine(bob, 'ann: welcome back')
+    await chatLine(ann, 'ann: welcome back')
+    await chatLine(bob, 'bob: back again')
     t.pass('the pages chat again')
+    for (const [name, page] of [['ann', ann], ['bob', bob]] as const) {
+      const counts = await Promise.all(['ann: sent while the server was down', 'bob: back again', 'ann: welcome back'].map((text) => chatLines(page, text)))
+      t.same(counts, [1, 1, 1], `${name} shows each message after the restart exactly once`)
+    }
 
     const shot = join(tmpdir(), 'forge-socket-demo.png')
     await ann.screenshot({ path: shot })

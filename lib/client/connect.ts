@@ -62,11 +62,13 @@ export class Endpoint {
   }
 
   /**
-   * A new WebSocket with `token` beside the subprotocol, or in the query, its events handed to `on`, and what it
-   * shows before it closes written to `seen`. Throws what the constructor throws.
+   * A new WebSocket with `token` beside the subprotocol, or in the query, `since` (base64url, see Positions) in the
+   * query, its events handed to `on`, and what it shows before it closes written to `seen`. Throws what the
+   * constructor throws.
    */
-  open (token: string | undefined, seen: Seen, on: AttemptEvents): WebSocketLike {
+  open (token: string | undefined, since: string | undefined, seen: Seen, on: AttemptEvents): WebSocketLike {
     let url = this.url
+    if (since !== undefined) url += `${url.includes('?') ? '&' : '?'}since=${since}`
     const protocols = [SUBPROTOCOL]
     if (token !== undefined && token.length > 0) {
       if (this.#tokenIn === 'query') url += `${url.includes('?') ? '&' : '?'}token=${encodeURIComponent(token)}`

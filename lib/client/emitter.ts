@@ -1,9 +1,10 @@
 import type { SocketError } from './errors.js'
 import type { SocketOptions } from './options.js'
-import type { Message, SocketState } from './types.js'
+import type { Message, RecoveryResult, SocketState } from './types.js'
 
 export type Listener = (message: Message) => void
 export type StateListener = (state: SocketState, previous: SocketState) => void
+export type RecoverListener = (channel: string, result: RecoveryResult) => void
 
 /** Where the parts of the socket report errors and write their debug lines. */
 export interface Reporter {
@@ -13,12 +14,14 @@ export interface Reporter {
 
 /**
  * Everything the socket tells the application: messages to the `on(cmd)` listeners (`'*'` for every message) and
- * `onMessage`; state changes to the state listeners (the `onStateChange` option and method); errors to `onError`;
- * and, with `debug`, one line per event to the logger.
+ * `onMessage`; state changes to the state listeners (the `onStateChange` option and method); how each channel with
+ * history came back to the `onRecover` listeners; errors to `onError`; and, with `debug`, one line per event to the
+ * logger.
  */
 export class Emitter implements Reporter {
   readonly #listeners = new Map<string, Set<Listener>>()
   readonly #stateListeners = new Set<StateListener>()
+  readonly #recoverListeners = new Set<RecoverListener>()
   readonly #onMessage: Listener | undefined
   readonly #onError: ((error: SocketError) => void) | undefined
   readonly #debug: boolean
@@ -46,6 +49,18 @@ export class Emitter implements Reporter {
   onState (fn: StateListener): () => void {
     this.#stateListeners.add(fn)
     return () => { this.#stateListeners.delete(fn) }
+  }
+
+  /** Adds a recovery listener; returns a function that removes it. */
+  onRecover (fn: RecoverListener): () => void {
+    this.#recoverListeners.add(fn)
+    return () => { this.#recoverListeners.delete(fn) }
+  }
+
+  recovered (channel: string, result: RecoveryResult): void {
+    const how = result.recovered ? `replayed ${result.replayed}` : `not recovered${result.reason === undefined ? '' : ` (${result.reason})`}`
+    this.log(`recover ${channel}: ${how}`)
+    for (const fn of this.#recoverListeners) fn(channel, result)
   }
 
   /** Hands `message` to the listeners of its `cmd`, then to the `'*'` ones, then to `onMessage`. */

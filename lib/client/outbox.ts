@@ -3,7 +3,7 @@ import { ClientErrorCode, SocketError } from './errors.js'
 import type { SocketOptions } from './options.js'
 import { DEFAULT_QUEUE, OutboundQueue, type DropReason, type Queued } from './queue.js'
 import type { Requests } from './requests.js'
-import type { WebSocketLike } from './types.js'
+import type { ChannelPosition, WebSocketLike } from './types.js'
 
 /** What the outbox needs from the Socket. */
 export interface OutboxHost {
@@ -77,11 +77,14 @@ export class Outbox {
     return answer
   }
 
-  /** Sends `subscribe` for `channel` on `ws` now, outside the queue; a promise of the answer, timed out only with `timeout`. */
-  subscribe (ws: WebSocketLike, channel: string, timeout: number | undefined): Promise<unknown> {
+  /**
+   * Sends `subscribe` for `channel` on `ws` now, outside the queue, with `since` (the position to recover from) if
+   * given; a promise of the answer, timed out only with `timeout`. `answered` sees the answer before the replay.
+   */
+  subscribe<T> (ws: WebSocketLike, channel: string, since: ChannelPosition | undefined, timeout: number | undefined, answered: (answer: T) => void): Promise<T> {
     const ref = this.#requests.ref()
-    const answer = this.#requests.expect(ref, 'subscribe', timeout)
-    ws.send(encode(channel, 'subscribe', null, ref))
+    const answer = this.#requests.expect<T>(ref, 'subscribe', timeout, answered as (value: unknown) => void)
+    ws.send(encode(channel, 'subscribe', since === undefined ? null : { since }, ref))
     this.#out.log(`send ${channel}:subscribe`)
     return answer
   }

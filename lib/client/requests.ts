@@ -4,6 +4,7 @@ interface Pending {
   resolve: (value: unknown) => void
   reject: (error: SocketError) => void
   timer: ReturnType<typeof setTimeout> | undefined
+  answered: ((value: unknown) => void) | undefined
 }
 
 /**
@@ -24,8 +25,12 @@ export class Requests {
     return this.#pending.has(ref)
   }
 
-  /** A promise of the answer to the message with `ref`, rejected with FST_SOCKET_REQUEST_TIMEOUT after `timeout` ms (never without one). */
-  expect<T> (ref: string, cmd: string, timeout: number | undefined): Promise<T> {
+  /**
+   * A promise of the answer to the message with `ref`, rejected with FST_SOCKET_REQUEST_TIMEOUT after `timeout` ms
+   * (never without one). `answered` sees the answer at once, before the frames after it: a promise's callbacks may
+   * run only after several of them.
+   */
+  expect<T> (ref: string, cmd: string, timeout: number | undefined, answered?: (value: unknown) => void): Promise<T> {
     return new Promise<T>((resolve, reject) => {
       const timer = timeout === undefined
         ? undefined
@@ -33,7 +38,7 @@ export class Requests {
           this.#pending.delete(ref)
           reject(new SocketError(ClientErrorCode.REQUEST_TIMEOUT, `No answer to "${cmd}" within ${timeout} ms`))
         }, timeout)
-      this.#pending.set(ref, { resolve: resolve as (value: unknown) => void, reject, timer })
+      this.#pending.set(ref, { resolve: resolve as (value: unknown) => void, reject, timer, answered })
     })
   }
 
@@ -43,8 +48,9 @@ export class Requests {
     if (pending === undefined) return
     this.#pending.delete(ref)
     clearTimeout(pending.timer)
-    if (error === undefined) pending.resolve(value)
-    else pending.reject(error)
+    if (error !== undefined) return pending.reject(error)
+    pending.resolve(value)
+    pending.answered?.(value)
   }
 
   /** Rejects every message waiting for an answer, except those `stillQueued` says were never sent. */

@@ -7,10 +7,11 @@ import { ClientErrorCode as Code, SocketError } from './errors.js'
 import { Liveness } from './liveness.js'
 import { checkOptions, type SocketOptions } from './options.js'
 import { Outbox, encode } from './outbox.js'
+import { Positions } from './positions.js'
 import { Requests } from './requests.js'
 import { Subscriptions, type SubscribeAnswer } from './subscriptions.js'
 import { Token } from './token.js'
-import type { ClientParam, Message, ServerParam, SocketState, WebSocketLike } from './types.js'
+import type { ChannelPosition, ClientParam, Message, RecoveryResult, ServerParam, SocketState, WebSocketLike } from './types.js'
 
 const OPEN = 1
 
@@ -36,10 +37,12 @@ export class Socket {
   readonly #emitter: Emitter
   readonly #token: Token
   readonly #liveness: Liveness
+  readonly #positions: Positions
   readonly #subscriptions = new Subscriptions({
     connection: () => this.#connected(),
-    ask: (ws, channel, timeout) => this.#outbox.subscribe(ws, channel, timeout),
+    ask: (ws, channel, timeout) => this.#outbox.subscribe(ws, channel, this.#positions.from(channel), timeout, (answer: SubscribeAnswer) => this.#positions.subscribed(answer)),
     leave: (channel, timeout) => this.request<SubscribeAnswer>(channel, 'unsubscribe', null, { timeout }),
+    forget: (channel) => this.#positions.forget(channel),
     closed: () => this.#state === 'closed',
     report: (error) => this.#emitter.report(error),
     log: (line) => this.#emitter.log(line)
@@ -61,6 +64,7 @@ export class Socket {
     this.#requestTimeout = options.requestTimeout ?? 10_000
     this.#onOpen = options.onOpen
     this.#emitter = new Emitter(options)
+    this.#positions = new Positions(this.#emitter)
     this.#token = new Token(options, this.#emitter, (token) => this.request(this.#home, 'auth.refresh', { token }))
     // The heartbeat runs only while a connection is open (`#ws`); the checks keep it so if that ever changes.
     this.#liveness = new Liveness(options, {
@@ -93,6 +97,11 @@ export class Socket {
   /** The server's id for the current connection (from `connected`); null until the first one. */
   get connectionId (): string | null {
     return this.#connectionId
+  }
+
+  /** Where each channel with history stands (a copy): what the client recovers from after a reconnection. */
+  get positions (): Record<string, ChannelPosition> {
+    return this.#positions.snapshot
   }
 
   /** How many messages wait for the connection to open. */
@@ -131,7 +140,8 @@ export class Socket {
   /**
    * Joins `channel` (the server's `authorizeChannel` decides) and keeps it: after every reconnection the client
    * subscribes again, before it flushes the queue, so a queued send to the channel finds the connection in it.
-   * Resolves with the server's `{ channel }`; rejects with the server's code (FST_SOCKET_FORBIDDEN, …) when it
+   * Resolves with the server's answer, `{ channel }` (and the channel's `epoch` and `seq` when it keeps history, see
+   * `onRecover`); rejects with the server's code (FST_SOCKET_FORBIDDEN, …) when it
    * refuses, and then the channel is forgotten. Called while the socket is not open, it waits for the next
    * connection and is asked for there first, ahead of the queue. A channel already subscribed on the open
    * connection resolves at once; the same channel asked for twice is asked for once.
@@ -180,6 +190,19 @@ export class Socket {
   }
 
   /**
+   * Calls `fn(channel, result)` for each channel with history that came back after a reconnection, and for each
+   * `channel-reset`; returns a function that removes it. Not `recovered`: nothing was replayed, read it again.
+   *
+   * @example
+   * socket.onRecover(async (channel, { recovered }) => {
+   *   if (!recovered) show(await socket.request(channel, 'history', { limit: 50 }))
+   * })
+   */
+  onRecover (fn: (channel: string, result: RecoveryResult) => void): () => void {
+    return this.#emitter.onRecover(fn)
+  }
+
+  /**
    * Closes at once and for good: no reconnection, pending requests rejected, queued messages reported dropped.
    *
    * @example
@@ -215,7 +238,7 @@ export class Socket {
     this.#emitter.log(`connect ${this.#endpoint.url}`)
     let ws: WebSocketLike
     try {
-      ws = this.#endpoint.open(token, seen, {
+      ws = this.#endpoint.open(token, this.#positions.query(), seen, {
         current: () => ws === this.#ws,
         frame: (message) => this.#frame(message),
         closed: (code, reason) => this.#closed(ws, code, reason)
@@ -246,13 +269,16 @@ export class Socket {
     // The answer to a request settles it (an `error` rejects it); anything else goes to the listeners, an `error` to onError too.
     if (message.ref !== undefined && this.#requests.has(message.ref)) return this.#requests.settle(message.ref, error, message.param)
     if (error !== undefined) this.#emitter.report(error)
-    this.#emitter.emit(message)
+    if (this.#positions.heard(message)) this.#emitter.emit(message)
   }
 
   #opened (message: Message<ServerParam<'connected'>>): void {
     this.#connectionId = message.param.connectionId
     this.#home = message.channel
     this.#seen.greeted = true
+    this.#positions.connected(message.param)
+    // An onRecover listener may have closed the socket.
+    if (this.#state === 'closed') return
     const ws = this.#ws as WebSocketLike
     // The queue waits for the answers to the re-subscriptions (see Subscriptions).
     this.#subscriptions.setUp(ws, message.param.channels, () => this.#ready(ws, message))

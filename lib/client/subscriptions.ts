@@ -1,5 +1,5 @@
 import { ClientErrorCode, SocketError } from './errors.js'
-import type { WebSocketLike } from './types.js'
+import type { RecoveryReason, WebSocketLike } from './types.js'
 
 /** The server's answer to `subscribe` and `unsubscribe`. */
 export interface SubscribeAnswer {
@@ -7,6 +7,10 @@ export interface SubscribeAnswer {
   /** The channel's position, when it keeps history (docs/protocol.md). */
   epoch?: string
   seq?: number
+  /** When the subscribe recovered from a position (`since`, after a reconnection): how it went (`onRecover`). */
+  recovered?: boolean
+  replayed?: number
+  reason?: RecoveryReason
 }
 
 /** What the subscriptions need from the Socket. */
@@ -14,9 +18,11 @@ export interface SubscriptionHost {
   /** The connection a frame reaches the server on now (open, or being set up after its `connected`), or null. */
   connection (): WebSocketLike | null
   /** Sends `subscribe` for `channel` on `ws`, outside the queue; a promise of the answer, timed out only with `timeout`. */
-  ask (ws: WebSocketLike, channel: string, timeout: number | undefined): Promise<unknown>
+  ask (ws: WebSocketLike, channel: string, timeout: number | undefined): Promise<SubscribeAnswer>
   /** `request(channel, 'unsubscribe')`: sent now when open, else queued. */
   leave (channel: string, timeout: number | undefined): Promise<SubscribeAnswer>
+  /** The channel is left, or refused: what is kept about it (its position) can go. */
+  forget (channel: string): void
   /** The socket is closed for good. */
   closed (): boolean
   report (error: SocketError): void
@@ -92,6 +98,7 @@ export class Subscriptions {
 
   /** `socket.unsubscribe()`: see its doc comment. */
   unsubscribe (channel: string, timeout: number | undefined): Promise<SubscribeAnswer> {
+    this.#host.forget(channel)
     const sub = this.#byChannel.get(channel)
     if (sub !== undefined) {
       this.#drop(sub, new SocketError(ClientErrorCode.SUBSCRIBE_CANCELLED, `unsubscribe("${channel}") was called before the server answered the subscribe`, undefined, { channel }))
@@ -139,7 +146,7 @@ export class Subscriptions {
     const setup = this.#setup
     if (setup !== null) setup.left++
     sub.sentOn = ws
-    sub.inflight = this.#host.ask(ws, sub.channel, timeout).then(() => this.#confirm(sub), (err: SocketError) => this.#refused(sub, err)).then(() => {
+    sub.inflight = this.#host.ask(ws, sub.channel, timeout).then((answer) => this.#confirm(sub, answer), (err: SocketError) => this.#refused(sub, err)).then(() => {
       if (sub.sentOn === ws) {
         sub.sentOn = null
         sub.inflight = undefined
@@ -162,18 +169,20 @@ export class Subscriptions {
   #refused (sub: Subscription, err: SocketError): void {
     // Closed for good, `clear` has already rejected the waiters.
     if (err.code === ClientErrorCode.CONNECTION_CLOSED) return
-    const again = sub.confirmed && this.#byChannel.get(sub.channel) === sub
+    const current = this.#byChannel.get(sub.channel) === sub
+    const again = sub.confirmed && current
+    if (current) this.#host.forget(sub.channel)
     this.#drop(sub, new SocketError(err.code, err.message, undefined, { channel: sub.channel }))
     if (again) {
       this.#host.report(new SocketError(ClientErrorCode.RESUBSCRIBE_REFUSED, `Subscribing to "${sub.channel}" again after a reconnection was refused: ${err.message}`, undefined, { channel: sub.channel, serverCode: err.code }))
     }
   }
 
-  /** The server said yes: the waiters get `{ channel }` (unless the channel was unsubscribed since). */
-  #confirm (sub: Subscription): void {
+  /** The server said yes: the waiters get its answer, or `{ channel }` (unless the channel was unsubscribed since). */
+  #confirm (sub: Subscription, answer: SubscribeAnswer = { channel: sub.channel }): void {
     if (this.#byChannel.get(sub.channel) !== sub) return
     sub.confirmed = true
-    for (const waiter of sub.waiters.splice(0)) waiter.resolve({ channel: sub.channel })
+    for (const waiter of sub.waiters.splice(0)) waiter.resolve(answer)
   }
 
   /** Forgets the channel; its waiters get `error`. */

@@ -5,6 +5,30 @@ export interface PresenceMember {
   node?: string
 }
 
+/** Where a channel's stream stands: the stream (`epoch`) and its last seq. A seq is comparable only within one epoch. */
+export interface ChannelPosition {
+  readonly epoch: string
+  readonly seq: number
+}
+
+/**
+ * Why a recovery did not replay what was missed: another stream (`epoch`: the server's store restarted or lost its
+ * data), the messages are gone (`expired`), too many are missing (`too-many`), the client's seq is past the top
+ * (`future`); or the reason of a `channel-reset` (`gap`, …).
+ */
+export type RecoveryReason = 'epoch' | 'expired' | 'too-many' | 'future' | (string & {})
+
+/**
+ * How one channel came back: its position now, and whether exactly what was missed follows (`recovered`,
+ * `replayed` messages, before any live one). When not, nothing is replayed, and what the app shows of the channel
+ * must be read again (the `history` command).
+ */
+export interface RecoveryResult extends ChannelPosition {
+  readonly recovered: boolean
+  readonly replayed: number
+  readonly reason?: RecoveryReason
+}
+
 /** A message as it travels: `Message<P>` for a known param type. */
 export interface Message<P = unknown, C extends string = string> {
   readonly channel: string
@@ -29,8 +53,13 @@ export interface ClientCommands {}
  * `on(cmd, fn)` hands `fn` a typed message.
  */
 export interface ServerCommands {
-  /** `positions`: where each of the channels that keep history stands (docs/protocol.md, channel history). */
-  'connected': { connectionId: string, channels: string[], positions?: Record<string, { epoch: string, seq: number }> }
+  /**
+   * `positions`: where each of the channels that keep history stands (docs/protocol.md, channel history);
+   * `recovery`, when the client sent `since`: how each of those channels came back.
+   */
+  'connected': { connectionId: string, channels: string[], positions?: Record<string, ChannelPosition>, recovery?: Record<string, RecoveryResult> }
+  /** The server could not fill a gap in the channel: its position is now this, and what the app shows of it must be read again. */
+  'channel-reset': { epoch: string, seq: number, reason: string }
   'error': { code: string, message: string }
   'user-joined': { user: string, connectionId: string }
   'user-left': { user: string, connectionId: string }
