@@ -313,15 +313,21 @@ export class Cluster {
 
   /**
    * A message for every member of a channel with history: the broker numbers it, keeps it and sends it to the other
-   * nodes; this node's members get it with its seq. A broker that can't (Redis away) is logged, and this node's
-   * members get the message without a seq, as they get every message while the other nodes can't be reached.
+   * nodes; this node's members get it with its seq, in seq order (lib/continuity.ts). A broker that could not reach
+   * its store (`notSent`: Redis away) is logged, and this node's members get the message without a seq, as they
+   * get every message while the other nodes can't be reached. One that failed otherwise (a timeout) may still keep
+   * it: then it comes from the stream, with its seq, and is not delivered here without one (it would be twice).
    */
   #append (channel: string, message: OutboundMessage, settings: HistorySettings): number {
     const continuity = this.#continuity
     const deliver = (position: StreamPosition): number => continuity.appended(channel, Object.assign({}, message, { seq: position.seq }), position.epoch)
     const unnumbered = (err: unknown): number => {
-      this.#log.error({ err, channel }, 'history: the broker could not keep the message; delivered on this node only, without a seq')
       continuity.appended(channel, null, '')
+      if ((err as { notSent?: unknown }).notSent !== true) {
+        this.#log.error({ err, channel }, 'history: the broker did not answer; the message reaches the members if it kept it')
+        return 0
+      }
+      this.#log.error({ err, channel }, 'history: the broker could not keep the message; delivered on this node only, without a seq')
       return this.#hub.deliver(channel, message, undefined, 'given')
     }
     continuity.appending(channel)

@@ -9,7 +9,7 @@ export const BEARER_PREFIX = 'bearer.'
  * at boot). docs/protocol.md describes each; keep the two lists the same (a test compares them).
  */
 export const RESERVED_COMMANDS = Object.freeze([
-  'connected', // server → client, first message: { connectionId, channels }
+  'connected', // server → client, first message: { connectionId, channels, positions?, recovery? }
   'reply', // server → client, the answer to a message that carried `ref`
   'error', // server → client, { code, message }, with the `ref` of the message it answers
   'user-joined', // server → client, presence
@@ -20,6 +20,7 @@ export const RESERVED_COMMANDS = Object.freeze([
   'ping', // client → server, answered by `pong` (browsers cannot send WebSocket pings)
   'pong', // server → client
   'auth.refresh', // client → server, a fresh token for the same subject (not accepted yet: see docs/protocol.md)
+  'channel-reset', // server → client, a gap a node could not fill: { epoch, seq, reason } (reload the channel's state)
   'history', // client → server, a page of a channel's kept messages: { since?, limit? } → { epoch, seq, messages }
   'close-connection' // server → client, Project Forge's "stop, do not reconnect" (sent as close code 4000)
 ] as const)

@@ -14,7 +14,7 @@ import { Inbound } from './inbound.js'
 import { Lifecycle, type CloseHook, type OpenHook } from './lifecycle.js'
 import { actRoute, currentPageState, type ActHandler, type ActOptions, type ActRouteOptions, type UpgradeTicket } from './act.js'
 import type { Authenticator } from './auth.js'
-import type { BrokerHealth, NodeCounts, PresenceEntry } from './broker/broker.js'
+import type { BrokerHealth, NodeCounts, PresenceEntry, StreamPage, StreamPosition } from './broker/broker.js'
 import type { Profile, ResolvedOptions } from './options.js'
 import type { ServerMessageData } from '../schemas/envelope.js'
 
@@ -254,6 +254,22 @@ export class SocketService {
    */
   async presence (channel: string): Promise<PresenceEntry[]> {
     return await this.#cluster.presence(channel)
+  }
+
+  /**
+   * What a channel with history keeps, on every node: up to `limit` messages (default 100, at most 10,000), those
+   * after `since` when it is of the channel's epoch (oldest first), else the newest; with the channel's position.
+   * Null when the channel keeps no history. The same as the `history` command a member sends, for server code
+   * (a page rendered with the room's last messages, say).
+   *
+   * @example
+   * const page = await app.socket.history('chat-room-lobby', { limit: 50 })   // { epoch, seq, messages }
+   */
+  async history (channel: string, options: { since?: StreamPosition, limit?: number } = {}): Promise<StreamPage | null> {
+    assertChannel(channel)
+    const limit = options.limit ?? 100
+    if (!Number.isInteger(limit) || limit < 0 || limit > 10_000) throw new errors.FST_SOCKET_BAD_REQUEST(`history: limit must be an integer from 0 to 10000 (got ${limit})`)
+    return await this.#cluster.read(channel, options.since, limit)
   }
 
   /** The users present in a channel on this node, with how many connections each has here. */

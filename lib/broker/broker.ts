@@ -154,7 +154,9 @@ export interface Broker {
    * Channel history (the `history` option needs a broker that has these three). `append` gives the message the
    * channel's next seq, keeps it in the channel's stream and sends it to the other nodes with that seq and the
    * stream's epoch, in one step, so that every node sees a channel's messages in one order whoever published them.
-   * It answers the position it gave. `position` is where the channel's stream stands (a stream that does not
+   * It answers the position it gave. A rejection whose error has `notSent: true` kept nothing (the broker could
+   * not reach its store); any other may have kept the message (a timeout), which then reaches every node,
+   * this one included, from the stream. `position` is where the channel's stream stands (a stream that does not
    * exist yet begins there, at seq 0, with a new epoch); `read` pages through what is kept.
    */
   append? (message: ChannelBroadcast, settings: HistorySettings): StreamPosition | Promise<StreamPosition>

@@ -322,11 +322,14 @@ export class RedisBroker implements Broker {
 
   /** Runs a command on the pub connection; while Redis is away it fails at once, and every failure is coded. */
   async #command<T> (run: () => Promise<T>): Promise<T> {
-    if (this.#pub.status !== 'ready') throw new errors.FST_SOCKET_BROKER_UNAVAILABLE(`Redis is ${this.#pub.status}`)
+    if (this.#pub.status !== 'ready') throw unsent(new errors.FST_SOCKET_BROKER_UNAVAILABLE(`Redis is ${this.#pub.status}`))
     try {
       return await run()
     } catch (err) {
-      throw new errors.FST_SOCKET_BROKER_UNAVAILABLE((err as Error).message)
+      const coded = new errors.FST_SOCKET_BROKER_UNAVAILABLE((err as Error).message)
+      // ioredis refuses at once, without an offline queue, what it can't write: that was never sent either. A
+      // timeout was sent, and Redis may still run it.
+      return Promise.reject(/enableOfflineQueue/.test((err as Error).message) ? unsent(coded) : coded)
     }
   }
 
@@ -429,6 +432,11 @@ export class RedisBroker implements Broker {
     this.#away = true
     this.#host?.log.warn({ err: { message: err.message, code: (err as { code?: string }).code } }, 'redis broker: connection trouble')
   }
+}
+
+/** Marks a command's error as one that never reached Redis (`notSent`: an append of it kept nothing). */
+function unsent<E extends Error> (err: E): E & { notSent: true } {
+  return Object.assign(err, { notSent: true as const })
 }
 
 /** The channel message an append published: `h:<seq>:<epoch>:<JSON of the broadcast, its message without seq>`. */
