@@ -1,6 +1,6 @@
 // `npm run bench`: forge-socket, raw ws and socket.io 4 side by side, each server in a process of its own and the
 // load generator in another. Prints a table and the targets, and writes the figures to bench/results/latest.json.
-// Options: --runs N (default 5; medians are reported; presence: at most 3), --quick (1 run, shorter), --only <scenario id>,
+// Options: --runs N (default 5; medians are reported; presence: at most 3), --quick (1 run, shorter), --only <scenario id>[,<id>…],
 // --pin (with two or more cores and `taskset`: the servers on core 0, the load generator on core 1, so neither
 // takes the other's core; both nodes of the Redis scenario then share one core).
 import { spawn, execFileSync, type ChildProcess } from 'node:child_process'
@@ -194,7 +194,7 @@ const redis = await startRedis()
 const results: Record<string, Partial<Record<Kind, Measured>>> = {}
 try {
   for (const scenario of scenarios) {
-    if (args.only !== undefined && args.only !== scenario.id) continue
+    if (args.only !== undefined && !args.only.split(',').includes(scenario.id)) continue
     if (scenario.nodes > 1 && redis === null) {
       process.stdout.write(`\n${scenario.title}: skipped, no redis-server on this machine\n`)
       continue

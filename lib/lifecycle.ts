@@ -192,7 +192,6 @@ export class Lifecycle {
     this.#expiry.arm(conn, plan.payload?.exp)
     // Through the upgrade's logger: the connection's own is made only when something logs through it.
     plan.logger.debug({ connId: id, channel: plan.channel }, 'connection open')
-    // With history, where the channel's stream stands: a client can tell from seq alone what it has missed.
     // With history, `connected` goes once the connection is in its channels, with where each stands (and what its
     // recovery replays): every frame for it is held until then. Without, at once.
     if (this.#options.historyEnabled) conn.hold()

@@ -297,3 +297,21 @@ t.test('a publish storm during recoveries: no duplicate and no hole where the re
   }
   await Promise.all(checks)
 })
+
+t.test('frames held while a connection opens count against sendBufferLimit: past it, the connection is closed (4008)', async (t) => {
+  let opened: () => void = () => {}
+  let opening: () => void = () => {}
+  const waiting = new Promise<void>((resolve) => { opening = resolve })
+  const { app, base } = await serve(t, { history: HISTORY, sendBufferLimit: 4096 }, (app) => {
+    app.socket.onOpen(() => new Promise<void>((resolve) => {
+      opened = resolve
+      opening()
+    }))
+  })
+  const held = open(base, 'lobby', 'ann')
+  await waiting
+  for (let i = 0; i < 100; i++) app.socket.broadcast('room-lobby', { cmd: 'say', param: 'x'.repeat(100) })
+  opened()
+  t.equal((await held.client.closed).code, 4008)
+  t.same(held.frames, [], 'nothing was sent: not connected, not the messages')
+})
