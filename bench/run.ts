@@ -267,6 +267,13 @@ if (args.only === undefined || args.only.startsWith('presence')) {
   if (code !== 0) process.stdout.write(`\npresence scenarios failed (exit ${String(code)})\n`)
 }
 
+// What history holds per kept message (memory and Redis), in a process of its own (with --expose-gc).
+if (args.only === undefined || args.only.split(',').includes('history-memory')) {
+  const memory = spawn(process.execPath, ['--expose-gc', `${HERE}history-memory.js`], { cwd: ROOT, stdio: 'inherit' })
+  const [code] = await once(memory, 'exit') as [number | null]
+  if (code !== 0) process.stdout.write(`\nhistory-memory failed (exit ${String(code)})\n`)
+}
+
 const checked = targets()
 process.stdout.write(['', '### Targets', '', '| target | measured | met |', '|---|---|---|',
   ...checked.map((t) => `| ${t.target} | ${t.value === null ? 'not run' : t.target.startsWith('zero') ? String(t.value) : `${t.value.toFixed(2)}x`} | ${t.pass === null ? '' : t.pass ? 'yes' : 'no'} |`), ''].join('\n'))
