@@ -46,6 +46,8 @@ export class Cluster {
   readonly #history: ResolvedOptions['history']
   /** When wrong history settings were last logged: once a minute at most, whatever the traffic. */
   #warned = -Infinity
+  /** When a stream that could not be read was last logged. */
+  #unread = -Infinity
 
   constructor (nodeId: string, hub: Hub, broker: Broker, presence: Readonly<ResolvedPresence>, log: FastifyBaseLogger, history: ResolvedOptions['history'] = () => null) {
     this.#nodeId = nodeId
@@ -136,11 +138,26 @@ export class Cluster {
 
   /**
    * Where a channel's stream stands, and, given the client's last position, its recovery: the messages it missed
-   * (at most `maxRecover`), or why they can't all be replayed. Null when the channel keeps no history.
+   * (at most `maxRecover`), or why they can't all be replayed. Null when the channel keeps no history, or when the
+   * broker can't say now (Redis away): the connection goes on without a position for it, as if it kept none, and
+   * its client, told nothing, takes continuity as not proven. That is logged, once a minute at most.
    */
   async catchUp (channel: string, since: StreamPosition | undefined): Promise<CatchUp | null> {
     const settings = this.#settings(channel)
     if (settings === null) return null
+    try {
+      return await this.#catchUp(channel, since, settings)
+    } catch (err) {
+      const now = Date.now()
+      if (now - this.#unread >= 60_000) {
+        this.#unread = now
+        this.#log.warn({ err, channel }, 'history: the stream could not be read; connections join without a position')
+      }
+      return null
+    }
+  }
+
+  async #catchUp (channel: string, since: StreamPosition | undefined, settings: HistorySettings): Promise<CatchUp> {
     // At least one: the first message after the client's tells whether what it missed is still kept.
     const read = since === undefined
       ? { ...await (this.#broker.position as NonNullable<Broker['position']>)(channel, settings), messages: [] }

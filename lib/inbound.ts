@@ -29,10 +29,10 @@ const NOTHING: ReadonlyMap<string, number> = new Map()
 export class Inbound {
   readonly #options: Readonly<ResolvedOptions>
   readonly #commands: CommandRegistry
-  readonly #cluster: Pick<Cluster, 'join' | 'leave' | 'position' | 'read' | 'catchUp' | 'keepsHistory'>
+  readonly #cluster: Pick<Cluster, 'join' | 'leave' | 'read' | 'catchUp' | 'keepsHistory'>
   readonly #expiry: Pick<Expiry, 'refresh'>
 
-  constructor (options: Readonly<ResolvedOptions>, commands: CommandRegistry, cluster: Pick<Cluster, 'join' | 'leave' | 'position' | 'read' | 'catchUp' | 'keepsHistory'>, expiry: Pick<Expiry, 'refresh'>) {
+  constructor (options: Readonly<ResolvedOptions>, commands: CommandRegistry, cluster: Pick<Cluster, 'join' | 'leave' | 'read' | 'catchUp' | 'keepsHistory'>, expiry: Pick<Expiry, 'refresh'>) {
     this.#options = options
     this.#commands = commands
     this.#cluster = cluster
@@ -173,8 +173,8 @@ export class Inbound {
 
   /** `{ channel }`, and the channel's `epoch` and `seq` when it keeps history. */
   async #withPosition (channel: string): Promise<{ channel: string, epoch?: string, seq?: number }> {
-    const position = await this.#cluster.position(channel)
-    return position === null ? { channel } : { channel, epoch: position.epoch, seq: position.seq }
+    const position = (await this.#cluster.catchUp(channel, undefined))?.position
+    return position === undefined ? { channel } : { channel, epoch: position.epoch, seq: position.seq }
   }
 
   /** The `history` command: a page of the channel's kept messages, with its position. */

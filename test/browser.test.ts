@@ -1,7 +1,9 @@
 // The demo page, with forge-socket's client, in Debian's Chromium driven by playwright-core: two people log in and
 // chat, one gets a notification, the server is killed and restarted, and both pages recover: the restarted server's
 // memory broker has new streams (reason epoch), so each page reloads its room and its notifications from the
-// `history` command, and the chat goes on. And what a browser makes of a refused upgrade, whose status it cannot see.
+// `history` command, and the chat goes on. Over Redis, a restarted server finds the streams as they were, so a page
+// that reconnects to it gets exactly what it missed instead. And what a browser makes of a refused upgrade, whose
+// status it cannot see.
 import t from 'tap'
 import { existsSync } from 'node:fs'
 import { stat } from 'node:fs/promises'
@@ -10,6 +12,7 @@ import { join } from 'node:path'
 import { chromium, type Browser, type Page } from 'playwright-core'
 import fastifyStatic from '@fastify/static'
 import { freePort, ROOT, startDemo, type DemoProcess } from './helpers/demo-process.js'
+import { RedisProcess, requireRedis } from './helpers/redis.js'
 import { serve } from './helpers/server.js'
 
 const CHROMIUM = process.env.CHROMIUM_PATH ?? '/usr/bin/chromium'
@@ -35,34 +38,34 @@ if (!existsSync(CHROMIUM)) {
   }
   t.teardown(async () => { await (await launched)?.close() })
 
+  /** A page of the demo at `url`, logged in as `name` and in the lobby; its script errors go to `errors`. */
+  async function open (url: string, name: string, errors: string[]): Promise<Page> {
+    const page = await (await launch()).newPage({ viewport: { width: 1100, height: 720 } })
+    page.on('pageerror', (err) => errors.push(`${name}: ${err.message}`))
+    await page.goto(url)
+    await page.fill('#name', name)
+    await page.click('#login button')
+    await page.waitForSelector('#notifications-status[data-state="open"]', WAIT)
+    await page.fill('#room', 'lobby')
+    await page.click('#join button')
+    await page.waitForSelector('#chat-status[data-state="open"]', WAIT)
+    return page
+  }
+  const chatLine = (page: Page, text: string): Promise<unknown> => page.waitForSelector(`#chat-log li:text-is("${text}")`, WAIT)
+  const chatLines = (page: Page, text: string): Promise<number> => page.locator(`#chat-log li:text-is("${text}")`).count()
+  async function say (page: Page, text: string): Promise<void> {
+    await page.fill('#text', text)
+    await page.click('#chat button')
+  }
+
   t.test('two people chat in the demo page, and both recover from a server restart', async (t) => {
     const port = await freePort()
     let demo: DemoProcess = await startDemo({ port, secret: SECRET })
     t.after(() => demo.kill())
-    const browser = await launch()
     const errors: string[] = []
 
-    async function open (name: string): Promise<Page> {
-      const page = await browser.newPage({ viewport: { width: 1100, height: 720 } })
-      page.on('pageerror', (err) => errors.push(`${name}: ${err.message}`))
-      await page.goto(demo.url)
-      await page.fill('#name', name)
-      await page.click('#login button')
-      await page.waitForSelector('#notifications-status[data-state="open"]', WAIT)
-      await page.fill('#room', 'lobby')
-      await page.click('#join button')
-      await page.waitForSelector('#chat-status[data-state="open"]', WAIT)
-      return page
-    }
-    const chatLine = (page: Page, text: string): Promise<unknown> => page.waitForSelector(`#chat-log li:text-is("${text}")`, WAIT)
-    const chatLines = (page: Page, text: string): Promise<number> => page.locator(`#chat-log li:text-is("${text}")`).count()
-    async function say (page: Page, text: string): Promise<void> {
-      await page.fill('#text', text)
-      await page.click('#chat button')
-    }
-
-    const ann = await open('ann')
-    const bob = await open('bob')
+    const ann = await open(demo.url, 'ann', errors)
+    const bob = await open(demo.url, 'bob', errors)
     await chatLine(ann, '→ bob joined')
     t.pass('ann sees bob join')
 
@@ -116,6 +119,56 @@ if (!existsSync(CHROMIUM)) {
     const shot = join(tmpdir(), 'forge-socket-demo.png')
     await ann.screenshot({ path: shot })
     t.ok((await stat(shot)).size > 10_000, `screenshot taken: ${shot}`)
+    t.same(errors, [], 'no script errors on the pages')
+  })
+
+  t.test('over Redis, a page whose server restarts recovers the messages it missed, each once and in order', async (t) => {
+    if (!requireRedis(t)) return
+    // Two demo nodes on one redis-server: ann's page on A, bob's on B, in the same room.
+    const redis = await RedisProcess.start(t)
+    const env = { REDIS_URL: redis.url }
+    const aPort = await freePort()
+    let a: DemoProcess = await startDemo({ port: aPort, secret: SECRET, env })
+    t.after(() => a.kill())
+    const b = await startDemo({ port: await freePort(), secret: SECRET, env })
+    t.after(() => b.kill())
+    const errors: string[] = []
+    // The room's numbered lines (its history: chat messages, not presence), oldest first.
+    const kept = async (page: Page): Promise<string[]> => (await page.locator('#chat-log li[data-channel]').allTextContents()).reverse()
+
+    const ann = await open(a.url, 'ann', errors)
+    const bob = await open(b.url, 'bob', errors)
+    for (const page of [ann, bob]) t.after(() => page.close())
+    await chatLine(ann, '→ bob joined')
+    await say(bob, 'before the restart')
+    await chatLine(ann, 'bob: before the restart')
+    t.pass('ann on A hears bob on B')
+
+    await a.kill('SIGKILL')
+    await ann.waitForSelector('#chat-status[data-state="reconnecting"]', WAIT)
+    const missed = ['missed 1', 'missed 2', 'missed 3']
+    for (const text of missed) await say(bob, text)
+    // B shows a message of a channel with history once Redis has appended it: all three are in the stream now.
+    await chatLine(bob, 'bob: missed 3')
+    t.pass('bob says three things while A is down')
+
+    a = await startDemo({ port: aPort, secret: SECRET, env })
+    await ann.waitForSelector('#chat-status[data-state="open"]', WAIT)
+    await ann.waitForSelector('#chat-recovery[data-recovered="true"][data-reason=""]:text-is("Recovered 3 missed messages.")', WAIT)
+    t.pass('ann\'s page reconnects to the restarted A by itself and reports the three it missed as recovered')
+    await chatLine(ann, 'bob: missed 3')
+    const before = ['bob: before the restart', ...missed.map((text) => `bob: ${text}`)]
+    t.same(await kept(ann), before, 'the replay shows each missed message once, in order, after what ann had')
+
+    await say(bob, 'live again')
+    await chatLine(ann, 'bob: live again')
+    const all = [...before, 'bob: live again']
+    t.same(await kept(ann), all, 'then a live message arrives once, after the replay')
+    t.same(await kept(bob), all, 'bob\'s page, on B all along, shows the same')
+    t.equal(await ann.locator('#chat-recovery').textContent(), 'Recovered 3 missed messages.', 'no later recovery replaced it')
+    await ann.waitForSelector('#notifications-recovery[data-recovered="true"]:text-is("Recovered 0 missed messages.")', WAIT)
+    t.pass('ann\'s notifications (user-ann, kept in Redis too) recover as well, with nothing to replay')
+    t.equal(await ann.locator('.status:has-text("Reloaded")').count(), 0, 'nothing was reloaded')
     t.same(errors, [], 'no script errors on the pages')
   })
 

@@ -203,4 +203,21 @@ if (requireRedis(t)) {
     t.same(stream?.messages.map((m) => m.param), range(1, 8).map(String))
     member.client.close()
   })
+
+  t.test('Redis down: a connection opens all the same, without a position or a recovery for the channel it can\'t read', async (t) => {
+    const redis = await RedisProcess.start(t)
+    const a = await node(t, redis)
+    const first = open(a.base, 'lobby', 'ann')
+    const { epoch } = positionOf(await first.connected, 'room-lobby')
+    first.client.close()
+    await redis.kill()
+    await until(() => a.app.socket.status().broker === 'degraded')
+    const back = open(a.base, 'lobby', 'ann', { 'room-lobby': { epoch, seq: 0 } })
+    const param = (await back.connected).param as { positions?: unknown, recovery?: unknown }
+    t.notOk('positions' in param, 'no position: the stream can\'t be read')
+    t.same(param.recovery, {}, 'and no recovery: continuity is not proven')
+    publish(a.app, 'room-lobby', 1, 1)
+    t.match(await back.client.next('say'), { param: '1', seq: undefined }, 'local delivery goes on, without a seq')
+    back.client.close()
+  })
 }
