@@ -158,7 +158,7 @@ export class Continuity {
     if (tracker.filling) return
     const epoch = tracker.epoch as string
     const from = tracker.seq
-    const until = upTo ?? Math.min(...(tracker.waiting?.keys() ?? [])) - 1
+    const until = upTo ?? firstWaiting(tracker) - 1
     if (!(until > from)) return this.#drain(tracker, channel)
     tracker.filling = true
     this.#host.read(channel, { epoch, seq: from }, Math.min(MAX_FILL, until - from)).then((page) => {
@@ -197,4 +197,11 @@ export class Continuity {
     this.#host.log.warn({ channel, epoch, seq, reason }, 'history: members told channel-reset')
     this.#host.deliver(channel, { channel, cmd: 'channel-reset', param: { epoch, seq, reason } })
   }
+}
+
+/** The lowest seq that waits (Infinity when none does). */
+function firstWaiting (tracker: Tracker): number {
+  let first = Infinity
+  for (const seq of tracker.waiting?.keys() ?? []) if (seq < first) first = seq
+  return first
 }
