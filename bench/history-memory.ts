@@ -3,14 +3,12 @@
 // a full GC) and in Redis streams (`used_memory`, on a redis-server of its own). Run by run.ts after its
 // scenarios (or alone: `node --expose-gc dist/bench/history-memory.js`); prints a table and writes
 // bench/results/history-memory.json.
-import { execFileSync, spawn } from 'node:child_process'
-import { once } from 'node:events'
 import { mkdirSync, writeFileSync } from 'node:fs'
-import { createServer } from 'node:net'
 import { fileURLToPath } from 'node:url'
 import { Redis } from 'ioredis'
 import { Streams } from '../lib/broker/streams.js'
 import { RedisBroker } from '../lib/broker/redis.js'
+import { startRedis } from './processes.js'
 import type { OutboundMessage } from '../schemas/envelope.js'
 
 const CHANNELS = 1000
@@ -39,33 +37,11 @@ function memoryStreams (): number {
   return (after - before) / (CHANNELS * SIZE)
 }
 
-async function freePort (): Promise<number> {
-  const server = createServer().listen(0, '127.0.0.1')
-  await once(server, 'listening')
-  const { port } = server.address() as { port: number }
-  server.close()
-  return port
-}
-
 /** Bytes of Redis `used_memory` per kept message in Redis streams; null without a redis-server. */
 async function redisStreams (): Promise<number | null> {
-  let binary: string
-  try {
-    binary = execFileSync('sh', ['-c', 'command -v redis-server'], { encoding: 'utf8' }).trim()
-  } catch {
-    return null
-  }
-  const port = await freePort()
-  const proc = spawn(binary, ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'], { stdio: ['ignore', 'pipe', 'inherit'] })
-  let out = ''
-  await new Promise<void>((resolve) => {
-    proc.stdout?.on('data', (chunk: Buffer) => {
-      out += chunk.toString()
-      if (out.includes('Ready to accept connections')) resolve()
-    })
-  })
-  proc.stdout?.resume()
-  const url = `redis://127.0.0.1:${port}`
+  const server = await startRedis()
+  if (server === null) return null
+  const { url } = server
   const admin = new Redis(url, { commandTimeout: 10_000 })
   admin.on('error', () => {})
   const broker = new RedisBroker({ redis: url, commandTimeout: 10_000 })
@@ -82,7 +58,7 @@ async function redisStreams (): Promise<number | null> {
   } finally {
     await broker.close()
     admin.disconnect()
-    proc.kill('SIGKILL')
+    await server.stop()
   }
 }
 

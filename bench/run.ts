@@ -5,8 +5,8 @@
 // takes the other's core; both nodes of the Redis scenario then share one core).
 import { spawn, execFileSync, type ChildProcess } from 'node:child_process'
 import { createInterface } from 'node:readline'
+import { startRedis, stop } from './processes.js'
 import { once } from 'node:events'
-import { createServer } from 'node:net'
 import { mkdirSync, writeFileSync } from 'node:fs'
 import { cpus, loadavg } from 'node:os'
 import { fileURLToPath } from 'node:url'
@@ -92,15 +92,6 @@ const scenarios: Scenario[] = [
   }
 ]
 
-async function freePort (): Promise<number> {
-  const server = createServer().listen(0, '127.0.0.1')
-  await once(server, 'listening')
-  const { port } = server.address() as { port: number }
-  server.close()
-  await once(server, 'close')
-  return port
-}
-
 function hasTaskset (): boolean {
   try {
     execFileSync('sh', ['-c', 'command -v taskset'], { stdio: 'ignore' })
@@ -121,29 +112,6 @@ async function child (core: number, args: string[], env: NodeJS.ProcessEnv = {})
   const exited = once(proc, 'exit').then(([code]) => { throw new Error(`${args.join(' ')} exited (${String(code)}) before answering`) })
   const [line] = await Promise.race([once(lines, 'line'), exited]) as [string]
   return { proc, first: JSON.parse(line) }
-}
-
-async function stop (proc: ChildProcess): Promise<void> {
-  if (proc.exitCode !== null || proc.signalCode !== null) return
-  const exited = once(proc, 'exit')
-  proc.kill('SIGKILL')
-  await exited
-}
-
-/** A redis-server of the bench's own, for the two-node scenario; null when the machine has none. */
-async function startRedis (): Promise<{ url: string, stop: () => Promise<void> } | null> {
-  let binary: string
-  try {
-    binary = execFileSync('sh', ['-c', 'command -v redis-server'], { encoding: 'utf8' }).trim()
-  } catch {
-    return null
-  }
-  const port = await freePort()
-  const proc = spawn(binary, ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'], { stdio: ['ignore', 'pipe', 'inherit'] })
-  const lines = createInterface({ input: proc.stdout as NodeJS.ReadableStream })
-  for await (const line of lines) if (line.includes('Ready to accept connections')) break
-  proc.stdout?.resume()
-  return { url: `redis://127.0.0.1:${port}`, stop: async () => { await stop(proc) } }
 }
 
 /** Busy CPU time of the whole machine, µs (summed over cores). */

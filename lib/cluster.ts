@@ -44,10 +44,8 @@ export class Cluster {
   readonly #presence: PresenceAnnouncer
   readonly #continuity: Continuity
   readonly #history: ResolvedOptions['history']
-  /** When wrong history settings were last logged: once a minute at most, whatever the traffic. */
-  #warned = -Infinity
-  /** When a stream that could not be read was last logged. */
-  #unread = -Infinity
+  /** When each kind of history trouble was last logged: once a minute at most, whatever the traffic. */
+  readonly #warned = { settings: -Infinity, unread: -Infinity }
 
   constructor (nodeId: string, hub: Hub, broker: Broker, presence: Readonly<ResolvedPresence>, log: FastifyBaseLogger, history: ResolvedOptions['history'] = () => null) {
     this.#nodeId = nodeId
@@ -148,11 +146,7 @@ export class Cluster {
     try {
       return await this.#catchUp(channel, since, settings)
     } catch (err) {
-      const now = Date.now()
-      if (now - this.#unread >= 60_000) {
-        this.#unread = now
-        this.#log.warn({ err, channel }, 'history: the stream could not be read; connections join without a position')
-      }
+      this.#warnOnceAMinute('unread', { err, channel }, 'history: the stream could not be read; connections join without a position')
       return null
     }
   }
@@ -368,13 +362,17 @@ export class Cluster {
     try {
       return this.#history(channel)
     } catch (err) {
-      const now = Date.now()
-      if (now - this.#warned >= 60_000) {
-        this.#warned = now
-        this.#log.warn({ err, channel }, 'history settings refused: the channel keeps no history')
-      }
+      this.#warnOnceAMinute('settings', { err, channel }, 'history settings refused: the channel keeps no history')
       return null
     }
+  }
+
+  /** A warning that every broadcast or connection could repeat: logged once a minute at most, per kind. */
+  #warnOnceAMinute (kind: 'settings' | 'unread', fields: object, message: string): void {
+    const now = Date.now()
+    if (now - this.#warned[kind] < 60_000) return
+    this.#warned[kind] = now
+    this.#log.warn(fields, message)
   }
 
   /** How the hub numbers a channel's messages: by this node, or (with history) as the cluster gave them. */
