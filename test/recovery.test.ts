@@ -3,31 +3,13 @@
 // never a partial replay. (Redis: test/redis-recovery.test.ts.)
 import t from 'tap'
 import { MemoryBroker, MemoryHub } from '../plugin.js'
-import { Client, refused, serve, sign } from './helpers/server.js'
+import { refused, serve, sign, type Client } from './helpers/server.js'
+import { open, positionOf, type Position } from './helpers/recovery.js'
 import { Streams } from '../lib/broker/streams.js'
 import { recover } from '../lib/recovery.js'
 import type { OutboundMessage } from '../schemas/envelope.js'
 
 const HISTORY = { size: 20, ttl: 60_000 }
-
-interface Position { epoch: string, seq: number }
-
-/** The upgrade's `since`: base64url of the JSON. */
-function since (positions: Record<string, Position>): string {
-  return Buffer.from(JSON.stringify(positions)).toString('base64url')
-}
-
-/**
- * A client of `room` as `user` (with `since`, if given) that records every frame in the order it came: `frames`
- * holds them all, `connected` resolves with the first.
- */
-function open (base: string, room: string, user: string, positions?: Record<string, Position>): { client: Client, frames: OutboundMessage[], connected: Promise<OutboundMessage> } {
-  const query = positions === undefined ? '' : `?since=${since(positions)}`
-  const client = new Client(`${base}/ws/${room}${query}`, { headers: { authorization: `Bearer ${sign({ sub: user })}` } })
-  const frames: OutboundMessage[] = []
-  client.ws.on('message', (data) => frames.push(JSON.parse(data.toString()) as OutboundMessage))
-  return { client, frames, connected: client.next('connected') }
-}
 
 /** Resolves once `frames` holds a frame for which `match` holds. */
 async function until (client: Client, frames: OutboundMessage[], match: (m: OutboundMessage) => boolean): Promise<void> {
@@ -37,10 +19,6 @@ async function until (client: Client, frames: OutboundMessage[], match: (m: Outb
 
 function publish (app: Awaited<ReturnType<typeof serve>>['app'], channel: string, from: number, to: number): void {
   for (let i = from; i <= to; i++) app.socket.broadcast(channel, { cmd: 'say', param: i })
-}
-
-function positionOf (connected: OutboundMessage, channel: string): Position {
-  return (connected.param as { positions: Record<string, Position> }).positions[channel] as Position
 }
 
 function says (frames: OutboundMessage[]): Array<number | undefined> {

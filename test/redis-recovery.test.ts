@@ -4,11 +4,10 @@ import t, { type Test } from 'tap'
 import type { FastifyInstance } from 'fastify'
 import { RedisBroker } from '../plugin.js'
 import { until } from './helpers/cluster.js'
-import { Client, serve, sign } from './helpers/server.js'
+import { serve, type Client } from './helpers/server.js'
+import { open, positionOf, type Position } from './helpers/recovery.js'
 import { RedisProcess, requireRedis } from './helpers/redis.js'
 import type { OutboundMessage } from '../schemas/envelope.js'
-
-interface Position { epoch: string, seq: number }
 
 const HISTORY = { size: 10_000, ttl: 60_000, maxRecover: 10_000 }
 
@@ -21,17 +20,7 @@ if (requireRedis(t)) {
     return { app, base, broker }
   }
 
-  /** A client of `room` (with `since`) that records every frame in order; `connected` is its first. */
-  function open (base: string, room: string, user: string, since?: Record<string, Position>): { client: Client, frames: OutboundMessage[], connected: Promise<OutboundMessage> } {
-    const query = since === undefined ? '' : `?since=${Buffer.from(JSON.stringify(since)).toString('base64url')}`
-    const client = new Client(`${base}/ws/${room}${query}`, { headers: { authorization: `Bearer ${sign({ sub: user })}` } })
-    const frames: OutboundMessage[] = []
-    client.ws.on('message', (data) => frames.push(JSON.parse(data.toString()) as OutboundMessage))
-    return { client, frames, connected: client.next('connected') }
-  }
-
   const says = (frames: OutboundMessage[]): OutboundMessage[] => frames.filter((m) => m.cmd === 'say')
-  const positionOf = (connected: OutboundMessage, channel: string): Position => (connected.param as { positions: Record<string, Position> }).positions[channel] as Position
   const range = (from: number, to: number): number[] => Array.from({ length: to - from + 1 }, (_, i) => from + i)
 
   /** Broadcasts `count` messages from `app`, numbered `from` on, without waiting for anything. */
