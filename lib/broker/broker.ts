@@ -162,7 +162,25 @@ export interface Broker {
   append? (message: ChannelBroadcast, settings: HistorySettings): StreamPosition | Promise<StreamPosition>
   position? (channel: string, settings: HistorySettings): StreamPosition | Promise<StreamPosition>
   read? (channel: string, since: StreamPosition | undefined, limit: number, settings: HistorySettings): StreamPage | Promise<StreamPage>
+  /**
+   * The record of client commands already handled (the `dedupe` option, docs/server.md), shared by every node: a
+   * broker that has these four keeps it, one without leaves each node a record of its own (in process).
+   * `claimCommand` records `(scope, id)` as pending for `lease` ms unless a record is there already: null when it
+   * made the record (the caller runs the command), the record otherwise. `commandRecord` reads the record.
+   * `finishCommand` replaces it with the command's answer, kept `window` ms. `releaseCommand` deletes a pending
+   * record (the handler threw: a retry runs it again) and leaves a finished one alone.
+   */
+  claimCommand? (scope: string, id: string, lease: number): CommandRecord | null | Promise<CommandRecord | null>
+  commandRecord? (scope: string, id: string): CommandRecord | null | Promise<CommandRecord | null>
+  finishCommand? (scope: string, id: string, answer: string, window: number): Promise<void> | void
+  releaseCommand? (scope: string, id: string): Promise<void> | void
 }
+
+/**
+ * What the record of handled client commands holds for one `(scope, id)`: a first run still under way (on some
+ * node), or its answer, as the JSON text `{"cmd":"reply"|"error","param":…}`.
+ */
+export type CommandRecord = { state: 'pending' } | { state: 'done', answer: string }
 
 /** `ok`, or `degraded` while other nodes can't be reached. */
 export type BrokerHealth = 'ok' | 'degraded'
