@@ -13,6 +13,11 @@ export interface CommandContext {
   channel: string
   /** The message's `ref`, when the client wants an answer. */
   ref: string | undefined
+  /**
+   * The message's `id`, when the client gave one: the same on every resend, and handled once within the dedupe
+   * window. A handler that writes elsewhere can use it as that write's idempotency key.
+   */
+  id: string | undefined
   /** The connection's logger. */
   log: FastifyBaseLogger
 }
@@ -22,11 +27,13 @@ export class MessageContext implements CommandContext {
   readonly connection: Connection
   readonly channel: string
   readonly ref: string | undefined
+  readonly id: string | undefined
 
-  constructor (connection: Connection, channel: string, ref: string | undefined) {
+  constructor (connection: Connection, channel: string, ref: string | undefined, id?: string) {
     this.connection = connection
     this.channel = channel
     this.ref = ref
+    this.id = id
   }
 
   get log (): FastifyBaseLogger {

@@ -40,6 +40,10 @@ export const errors = {
   FST_SOCKET_LIMIT_EXCEEDED: createError('FST_SOCKET_LIMIT_EXCEEDED', 'Limit exceeded: %s', 429),
   FST_SOCKET_RATE_LIMITED: createError('FST_SOCKET_RATE_LIMITED', 'Too many messages: slow down', 429),
   FST_SOCKET_HANDLER_FAILED: createError('FST_SOCKET_HANDLER_FAILED', 'The command handler failed', 500),
+  // Commands with an `id` (lib/dedupe.ts): the first two are retriable, with the same id
+  FST_SOCKET_IN_PROGRESS: createError('FST_SOCKET_IN_PROGRESS', 'Message "%s" is still being handled: try it again later with the same id', 409),
+  FST_SOCKET_DEDUPE_UNAVAILABLE: createError('FST_SOCKET_DEDUPE_UNAVAILABLE', 'Messages with an id cannot be checked for duplicates right now: try again later with the same id', 503),
+  FST_SOCKET_DUPLICATE: createError('FST_SOCKET_DUPLICATE', 'Message "%s" was handled already; its answer (%s bytes) was too large to keep', 409),
 
   FST_SOCKET_BROKER_UNAVAILABLE: createError('FST_SOCKET_BROKER_UNAVAILABLE', 'The broker cannot reach the other nodes: %s', 503),
 
@@ -95,13 +99,14 @@ export interface ClientError { code: string, message: string }
 
 /**
  * Translates any thrown value into what the client is told. Errors with a code and a 4xx status (ours, or the
- * application's own @fastify/error errors) are passed through; anything else is hidden behind
- * FST_SOCKET_HANDLER_FAILED, so internals never leak. `exposed` says which case it was, for logging.
+ * application's own @fastify/error errors) are passed through, and so is FST_SOCKET_DEDUPE_UNAVAILABLE (a 503 the
+ * client retries); anything else is hidden behind FST_SOCKET_HANDLER_FAILED, so internals never leak. `exposed`
+ * says which case it was, for logging.
  */
 export function toClientError (err: unknown): ClientError & { exposed: boolean } {
   if (err instanceof Error) {
     const { code, statusCode } = err as FastifyError
-    if (typeof code === 'string' && typeof statusCode === 'number' && statusCode >= 400 && statusCode < 500) {
+    if (code === 'FST_SOCKET_DEDUPE_UNAVAILABLE' || (typeof code === 'string' && typeof statusCode === 'number' && statusCode >= 400 && statusCode < 500)) {
       return { code, message: err.message, exposed: true }
     }
   }

@@ -1,5 +1,8 @@
 import type { RawData } from 'ws'
-import { CloseCode, errors, firstError, toClientError } from './errors.js'
+import { CloseCode, errors, firstError } from './errors.js'
+import { sendError } from './answers.js'
+import type { Dedupe } from './dedupe.js'
+import { isReserved } from './protocol.js'
 import { assertChannel, decode, envelope, type DecodeError } from './codec.js'
 import { MessageContext, type CommandRegistry } from './commands.js'
 import type { BinaryHandler, Connection } from './connection.js'
@@ -31,12 +34,14 @@ export class Inbound {
   readonly #commands: CommandRegistry
   readonly #cluster: Pick<Cluster, 'join' | 'leave' | 'read' | 'catchUp' | 'keepsHistory'>
   readonly #expiry: Pick<Expiry, 'refresh'>
+  readonly #dedupe: Dedupe | null
 
-  constructor (options: Readonly<ResolvedOptions>, commands: CommandRegistry, cluster: Pick<Cluster, 'join' | 'leave' | 'read' | 'catchUp' | 'keepsHistory'>, expiry: Pick<Expiry, 'refresh'>) {
+  constructor (options: Readonly<ResolvedOptions>, commands: CommandRegistry, cluster: Pick<Cluster, 'join' | 'leave' | 'read' | 'catchUp' | 'keepsHistory'>, expiry: Pick<Expiry, 'refresh'>, dedupe: Dedupe | null = null) {
     this.#options = options
     this.#commands = commands
     this.#cluster = cluster
     this.#expiry = expiry
+    this.#dedupe = dedupe
   }
 
   /** Handles one frame of an open connection. */
@@ -47,7 +52,7 @@ export class Inbound {
     const now = Date.now()
     if (!conn.rate.take(now)) {
       if (conn.refused.hit(now)) return conn.close(CloseCode.POLICY_VIOLATION, 'message rate limit exceeded')
-      this.#sendError(conn, conn.home, undefined, new errors.FST_SOCKET_RATE_LIMITED())
+      sendError(conn, conn.home, undefined, new errors.FST_SOCKET_RATE_LIMITED())
       return
     }
     if (isBinary) {
@@ -60,12 +65,17 @@ export class Inbound {
       message = decode(bytes.toString('utf8'), this.#options.maxDepth)
     } catch (err) {
       if (conn.badFrames.hit(now)) return conn.close(CloseCode.POLICY_VIOLATION, 'too many malformed messages')
-      this.#sendError(conn, conn.home, (err as DecodeError).ref, err)
+      sendError(conn, conn.home, (err as DecodeError).ref, err)
       return
     }
     // `pong` is the whole answer to a ping: going through #settle would add a second one (a `reply` with the ref).
     if (message.cmd === 'ping') {
       conn.send(envelope(message.channel, 'pong', null, message.ref))
+      return
+    }
+    // An application command with an id runs at most once within the window; the record answers its repeats.
+    if (message.id !== undefined && this.#dedupe !== null && !isReserved(message.cmd)) {
+      this.#dedupe.handle(conn, message as InboundMessage & { id: string }, () => this.#dispatch(conn, message))
       return
     }
     this.#answer(conn, message)
@@ -80,10 +90,11 @@ export class Inbound {
     try {
       result = this.#dispatch(conn, message)
     } catch (err) {
-      return this.#sendError(conn, message.channel, message.ref, err)
+      sendError(conn, message.channel, message.ref, err)
+      return
     }
     if (isThenable(result)) {
-      result.then((value) => this.#settle(conn, message, value), (err: unknown) => this.#sendError(conn, message.channel, message.ref, err))
+      result.then((value) => this.#settle(conn, message, value), (err: unknown) => sendError(conn, message.channel, message.ref, err))
     } else {
       this.#settle(conn, message, result)
     }
@@ -98,17 +109,17 @@ export class Inbound {
     try {
       await onBinary(bytes, conn.id)
     } catch (err) {
-      this.#sendError(conn, conn.home, undefined, err)
+      sendError(conn, conn.home, undefined, err)
     }
   }
 
   /** The answer to one message: a value, or a promise of one; throws the coded error for a refusal. */
   #dispatch (conn: Connection, message: InboundMessage): unknown {
-    const { channel, cmd, param, ref } = message
+    const { channel, cmd, param, ref, id } = message
     if (cmd === 'subscribe' || cmd === 'unsubscribe' || cmd === 'auth.refresh') return this.#reserved(conn, message)
     if (!conn.channels.has(channel)) throw new errors.FST_SOCKET_NOT_SUBSCRIBED(channel)
     if (cmd === 'history') return this.#history(channel, param)
-    return this.#commands.run(cmd, param, new MessageContext(conn, channel, ref))
+    return this.#commands.run(cmd, param, new MessageContext(conn, channel, ref, id))
   }
 
   /** The reserved commands a client sends: membership and the token refresh. */
@@ -193,13 +204,6 @@ export class Inbound {
       throw new errors.FST_SOCKET_LIMIT_EXCEEDED(`at most ${this.#options.maxChannelsPerConnection} channels per connection`)
     }
     return true
-  }
-
-  #sendError (conn: Connection, channel: string, ref: string | undefined, err: unknown): void {
-    const { exposed, ...param } = toClientError(err)
-    if (exposed) conn.debug({ code: param.code }, 'message refused')
-    else conn.log.error({ err }, 'command handler failed')
-    conn.send(envelope(channel, 'error', param, ref))
   }
 }
 

@@ -11,6 +11,7 @@ import { kConnection, kLifecycle } from './symbols.js'
 import type { Hub } from './hub.js'
 import type { Cluster } from './cluster.js'
 import type { Expiry } from './expiry.js'
+import type { Dedupe } from './dedupe.js'
 import type { Inbound } from './inbound.js'
 import type { ResolvedOptions } from './options.js'
 import { replayFrames, type Recovery } from './recovery.js'
@@ -80,6 +81,8 @@ export interface LifecycleParts {
    * error listener may be replaced by one that keeps no request alive.
    */
   ownWebsocket: boolean
+  /** Message dedupe, when on: `connected` tells the client its window. */
+  dedupe?: Dedupe | null
 }
 
 /**
@@ -95,6 +98,7 @@ export class Lifecycle {
   readonly #expiry: Expiry
   readonly #options: Readonly<ResolvedOptions>
   readonly #ownWebsocket: boolean
+  readonly #dedupe: Dedupe | null
   readonly #heartbeat: Heartbeat
   readonly #openHooks: OpenHook[] = []
   readonly #closeHooks: CloseHook[] = []
@@ -107,7 +111,8 @@ export class Lifecycle {
   #closing = false
   #drained: (() => void) | null = null
 
-  constructor ({ hub, cluster, inbound, expiry, options, log, ownWebsocket }: LifecycleParts) {
+  constructor ({ hub, cluster, inbound, expiry, options, log, ownWebsocket, dedupe = null }: LifecycleParts) {
+    this.#dedupe = dedupe
     this.#hub = hub
     this.#cluster = cluster
     this.#inbound = inbound
@@ -195,7 +200,7 @@ export class Lifecycle {
     // With history, `connected` goes once the connection is in its channels, with where each stands (and what its
     // recovery replays): every frame for it is held until then. Without, at once.
     if (this.#options.historyEnabled) conn.hold()
-    else conn.send(envelope(plan.channel, 'connected', { connectionId: id, channels: [plan.channel] }))
+    else conn.send(envelope(plan.channel, 'connected', this.#connectedParam(conn)))
     void this.#open(conn, plan.since ?? null)
   }
 
@@ -290,10 +295,17 @@ export class Lifecycle {
       recovery[channel] = catchUp.recovery
       for (const message of catchUp.replay) replay.push(message)
     })
-    const param: Record<string, unknown> = { connectionId: conn.id, channels: [conn.home] }
+    const param = this.#connectedParam(conn)
     if (upTo.size > 0) param.positions = positions
     if (since !== null) param.recovery = recovery
     conn.release(replayFrames(envelope(conn.home, 'connected', param), replay), upTo, true)
+  }
+
+  /** `connected`'s param: the connection's id and channel, and how long its message ids are remembered. */
+  #connectedParam (conn: Connection): Record<string, unknown> {
+    const param: Record<string, unknown> = { connectionId: conn.id, channels: [conn.home] }
+    if (this.#dedupe !== null) param.dedupe = this.#dedupe.advertised(conn)
+    return param
   }
 
   async #release (conn: Connection, code: number): Promise<void> {

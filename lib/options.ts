@@ -1,7 +1,7 @@
 import { Compile } from 'typebox/compile'
 import { Value } from 'typebox/value'
 import type { Static } from 'typebox'
-import { HistorySchema, OptionsSchema, PresenceSchema, type OptionsData } from '../schemas/options.js'
+import { DedupeSchema, HistorySchema, OptionsSchema, PresenceSchema, type OptionsData } from '../schemas/options.js'
 import { errors, firstError } from './errors.js'
 import { resolveJwtOptions, type JwtOptions, type TokenPayload } from './jwt.js'
 import { BROKER_METHODS, isBroker, type Broker, type HistorySettings } from './broker/broker.js'
@@ -101,6 +101,15 @@ export interface ForgeSocketOptions {
    * history: (channel) => channel.startsWith('chat-') ? { size: 100, ttl: 300_000 } : false
    */
   history?: false | HistoryOptions | ((channel: string) => HistoryOptions | false)
+  /**
+   * Dedupe of client messages that carry an `id` (the client sends one with every request and send): each user's
+   * id is handled once within `window` ms, on any node, and a repeat gets the first answer with `dup: true`.
+   * Default on (`{}`); `false`: every message runs. docs/server.md#message-dedupe.
+   *
+   * @example
+   * dedupe: { window: 300_000, lease: 60_000 }
+   */
+  dedupe?: false | DedupeOptions
   /** Decides client `subscribe` requests. Default: deny every one. */
   authorizeChannel?: (profile: Profile | null, channel: string) => boolean | Promise<boolean>
 }
@@ -131,6 +140,23 @@ export interface HistoryOptions {
   maxRecover?: number
 }
 
+/** Defaults: `window` 120000 ms, `lease` 30000 ms, `maxEntries` 100000, `maxBytes` 32 MiB, `maxAnswerBytes` 16384. */
+export interface DedupeOptions {
+  /** ms a handled message's answer is kept: a repeat of its id within this time is answered, not run. */
+  window?: number
+  /** ms a first run holds its claim: a repeat waits this long at most, then gets FST_SOCKET_IN_PROGRESS. */
+  lease?: number
+  /** The in-process record's bounds (memory broker), oldest dropped first: records. */
+  maxEntries?: number
+  /** …and bytes. */
+  maxBytes?: number
+  /** An answer over this many bytes of JSON is not kept: a repeat gets FST_SOCKET_DUPLICATE. */
+  maxAnswerBytes?: number
+}
+
+/** The `dedupe` option, resolved: every field set. */
+export type DedupeSettings = Required<DedupeOptions>
+
 /** The presence settings, resolved: `announce` is always a function. */
 export interface ResolvedPresence {
   announce: (channel: string) => PresenceMode
@@ -138,8 +164,10 @@ export interface ResolvedPresence {
   maxUsers: number
 }
 
-export interface ResolvedOptions extends Omit<OptionsData, 'auth' | 'presence'> {
+export interface ResolvedOptions extends Omit<OptionsData, 'auth' | 'presence' | 'dedupe'> {
   presence: Readonly<ResolvedPresence>
+  /** The dedupe settings, or null: ids are not checked. */
+  dedupe: Readonly<DedupeSettings> | null
   /** A channel's history settings, or null: it keeps none. */
   history: (channel: string) => Readonly<HistorySettings> | null
   /** `history` was set: some channels may keep history, and connections say where they stand in them. */
@@ -257,6 +285,7 @@ export function resolveOptions (input: ForgeSocketOptions = {}): Readonly<Resolv
   }
   // The union's object branch gets its defaults here: Value.Default does not choose a branch of a union.
   const presenceData = Value.Default(PresenceSchema, data.presence) as Static<typeof PresenceSchema>
+  const dedupe = data.dedupe === false ? null : Object.freeze(Value.Default(DedupeSchema, data.dedupe) as DedupeSettings)
   const mode = presenceData.announce
   const resolvedJwt = resolveJwtOptions(jwt)
   const resolvedBroker = resolveBroker(broker)
@@ -279,6 +308,7 @@ export function resolveOptions (input: ForgeSocketOptions = {}): Readonly<Resolv
     origins: data.origins === undefined ? undefined : Object.freeze([...data.origins]) as string[],
     broker: resolvedBroker,
     history: resolvedHistory,
+    dedupe,
     historyEnabled: history !== false && history !== undefined,
     authorizeChannel: authorizeChannel ?? denyAll
   }

@@ -11,6 +11,7 @@ import { Hub, type ChannelInfo } from './hub.js'
 import { Cluster, type ClusterStatus } from './cluster.js'
 import { Expiry } from './expiry.js'
 import { Inbound } from './inbound.js'
+import { Dedupe, type DedupeCounts } from './dedupe.js'
 import { Lifecycle, type CloseHook, type OpenHook } from './lifecycle.js'
 import { actRoute, currentPageState, type ActHandler, type ActOptions, type ActRouteOptions, type UpgradeTicket } from './act.js'
 import type { Authenticator } from './auth.js'
@@ -28,6 +29,8 @@ export interface SocketStatus extends NodeCounts {
   closing: boolean
   /** `degraded` while the broker can't reach the other nodes. */
   broker: BrokerHealth
+  /** The in-process record of handled message ids (the memory broker's), when there is one. */
+  dedupe?: DedupeCounts
 }
 
 /**
@@ -45,6 +48,7 @@ export class SocketService {
   readonly #hub = new Hub()
   readonly #cluster: Cluster
   readonly #lifecycle: Lifecycle
+  readonly #dedupe: Dedupe | null
 
   /**
    * @param ownWebsocket forge-socket registered @fastify/websocket itself (with its default error handler), so the
@@ -55,8 +59,9 @@ export class SocketService {
     this.#auth = auth
     this.#cluster = new Cluster(this.nodeId, this.#hub, options.broker, options.presence, app.log, options.history)
     const expiry = new Expiry(auth, options.auth.expiryGrace)
-    const inbound = new Inbound(options, this.#commands, this.#cluster, expiry)
-    this.#lifecycle = new Lifecycle({ hub: this.#hub, cluster: this.#cluster, inbound, expiry, options, log: app.log, ownWebsocket })
+    this.#dedupe = options.dedupe === null ? null : new Dedupe(options.dedupe, options.broker)
+    const inbound = new Inbound(options, this.#commands, this.#cluster, expiry, this.#dedupe)
+    this.#lifecycle = new Lifecycle({ hub: this.#hub, cluster: this.#cluster, inbound, expiry, options, log: app.log, ownWebsocket, dedupe: this.#dedupe })
   }
 
   /**
@@ -220,7 +225,10 @@ export class SocketService {
 
   /** Counts for this node. */
   status (): SocketStatus {
-    return { node: this.nodeId, closing: this.#lifecycle.closing, broker: this.#cluster.health, ...this.#hub.counts() }
+    const status: SocketStatus = { node: this.nodeId, closing: this.#lifecycle.closing, broker: this.#cluster.health, ...this.#hub.counts() }
+    const dedupe = this.#dedupe?.counts ?? null
+    if (dedupe !== null) status.dedupe = dedupe
+    return status
   }
 
   /**

@@ -2,13 +2,19 @@ import Type, { type Static } from 'typebox'
 
 /**
  * The wire envelope of protocol v1, as a client sends it. `channel` names the channel the message is about (the
- * connection must be a member), `cmd` the command, `param` anything JSON, `ref` an id the answer will carry.
+ * connection must be a member), `cmd` the command, `param` anything JSON, `ref` an id the answer will carry, `id`
+ * the message's own id (dedupe).
  */
 export const InboundEnvelope = Type.Object({
   channel: Type.String({ maxLength: 255 }),
   cmd: Type.String({ minLength: 1, maxLength: 128 }),
   param: Type.Optional(Type.Unknown()),
-  ref: Type.Optional(Type.String({ minLength: 1, maxLength: 64 }))
+  ref: Type.Optional(Type.String({ minLength: 1, maxLength: 64 })),
+  /**
+   * The client's own id for the message, the same on every resend: the server handles each of a user's ids once
+   * within `dedupe.window` (docs/protocol.md#message-ids).
+   */
+  id: Type.Optional(Type.String({ minLength: 1, maxLength: 64 }))
 })
 
 export type InboundMessage = Static<typeof InboundEnvelope>

@@ -39,6 +39,19 @@ export const HistorySchema = Type.Object({
 }, { additionalProperties: false })
 
 /**
+ * Dedupe of client messages that carry an `id` (`dedupe`): each user's id is handled once within `window` ms; a
+ * first run holds its claim for `lease` ms; the in-process record (memory broker) keeps at most `maxEntries`
+ * records and `maxBytes` bytes; an answer over `maxAnswerBytes` is not kept.
+ */
+export const DedupeSchema = Type.Object({
+  window: Type.Integer({ minimum: 1, maximum: 86400000, default: 120000 }),
+  lease: Type.Integer({ minimum: 1, maximum: 86400000, default: 30000 }),
+  maxEntries: Type.Integer({ minimum: 1, default: 100000 }),
+  maxBytes: Type.Integer({ minimum: 1024, default: 33554432 }),
+  maxAnswerBytes: Type.Integer({ minimum: 64, maximum: 1048576, default: 16384 })
+}, { additionalProperties: false, default: {} })
+
+/**
  * The plugin's options, with every default declared once. Functions (`auth.profile`, `authorizeChannel`), the
  * `broker` (`'memory'` or an instance) and `jwt` (keys, Buffers and functions, passed on to @fastify/jwt) are
  * checked beside this schema, in lib/options.ts and lib/jwt.ts.
@@ -104,7 +117,9 @@ export const OptionsSchema = Type.Object({
   /** ms the start waits for a broker that is not ready (Redis down) before it refuses; 0: start degraded. */
   waitForBroker: Type.Integer({ minimum: 0, maximum: 2147483647, default: 0 }),
   /** `true` (the defaults below), `false` (no announcements), or the settings; see PresenceSchema. */
-  presence: Type.Union([Type.Boolean(), PresenceSchema], { default: true })
+  presence: Type.Union([Type.Boolean(), PresenceSchema], { default: true }),
+  /** The settings (defaults: `{}`), or `false`: ids are not checked, every message runs. See DedupeSchema. */
+  dedupe: Type.Union([Type.Literal(false), DedupeSchema], { default: {} })
 }, { additionalProperties: false })
 
 export type OptionsData = Static<typeof OptionsSchema>

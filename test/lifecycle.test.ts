@@ -233,7 +233,7 @@ t.test('registration', async (t) => {
     const client = new Client(`${base}/ws/a`, { protocols: [`bearer.${sign({ sub: 'ann' })}`, SUBPROTOCOL] })
     const connected = await client.next('connected')
     t.equal(client.ws.protocol, SUBPROTOCOL, 'forge.v1 selected, the token not echoed')
-    t.same(connected.param, { connectionId: app.socket.connections()[0]?.id, channels: ['room-a'] })
+    t.same(connected.param, { connectionId: app.socket.connections()[0]?.id, channels: ['room-a'], dedupe: { window: 120000, scope: 'user' } })
     t.equal((await client.request('room-a', 'ping', null)).cmd, 'pong')
 
     // The app's maxPayload (512), not forge-socket's default (64 KiB).

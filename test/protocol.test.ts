@@ -60,7 +60,7 @@ t.test('the first message is `connected` with the connection id and its channels
   t.strictSame(connected, {
     channel: 'room-first',
     cmd: 'connected',
-    param: { connectionId: app.socket.connections()[0]?.id, channels: ['room-first'] }
+    param: { connectionId: app.socket.connections()[0]?.id, channels: ['room-first'], dedupe: { window: 120000, scope: 'user' } }
   })
   t.type((connected.param as { connectionId: unknown }).connectionId, 'string')
   await client.next('connected')

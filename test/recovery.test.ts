@@ -63,7 +63,8 @@ t.test('since at the top: recovered, nothing replayed; even after the messages e
     connectionId: (connected.param as { connectionId: string }).connectionId,
     channels: ['room-lobby'],
     positions: { 'room-lobby': { epoch, seq: 3 } },
-    recovery: { 'room-lobby': { recovered: true, epoch, seq: 3, replayed: 0 } }
+    recovery: { 'room-lobby': { recovered: true, epoch, seq: 3, replayed: 0 } },
+    dedupe: { window: 120000, scope: 'user' }
   })
   const behind = open(base, 'lobby', 'bob', { 'room-lobby': { epoch, seq: 1 } })
   t.same(((await behind.connected).param as { recovery: unknown }).recovery, { 'room-lobby': { recovered: false, epoch, seq: 3, replayed: 0, reason: 'expired' } },

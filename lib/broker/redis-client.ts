@@ -63,6 +63,9 @@ export interface RedisClient extends EventEmitter {
   mget (keys: string[]): Promise<Array<string | null>>
 }
 
+/** How the broker runs a command of its own on its publishing connection: at once failing while Redis is away, coded. */
+export type RunCommand = <T>(run: () => Promise<T>) => Promise<T>
+
 type Method = { [K in keyof RedisClient]-?: RedisClient[K] extends (...args: never[]) => unknown ? K : never }[keyof RedisClient]
 
 /** The methods a client must have (`satisfies` keeps this list and the interface in step). */
@@ -134,4 +137,25 @@ export function openClients (redis: string | RedisConnectionOptions | RedisClien
   const Redis = loadRedis()
   const settings = redis as RedisConnectionSettings
   return { pub: new Redis({ ...redis, ...pubOptions }), sub: new Redis({ ...redis, ...subOptions }), keyPrefix: String(settings.keyPrefix ?? '') }
+}
+
+/**
+ * Resolves once `client` is ready, however many attempts ioredis needs (their errors are no failure here, unlike
+ * with `events.once`); rejects if `signal` aborts first.
+ */
+export function ready (client: RedisClient, signal: AbortSignal): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const done = (): void => {
+      signal.removeEventListener('abort', abort)
+      resolve()
+    }
+    const abort = (): void => {
+      client.off('ready', done)
+      reject(new errors.FST_SOCKET_BROKER_UNAVAILABLE('the broker was closed'))
+    }
+    if (signal.aborted) return abort()
+    if (client.status === 'ready') return resolve()
+    client.once('ready', done)
+    signal.addEventListener('abort', abort, { once: true })
+  })
 }

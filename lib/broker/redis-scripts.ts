@@ -136,3 +136,24 @@ for i = first, last, step do
 end
 return { epoch, top, out }
 `
+
+// The record of handled client commands (keys after the prefix): cmd:{<scope>}:<id>, a STRING, `p<node>` while the
+// first run is under way on that node (expiring after the lease), then `d<answer JSON>` (expiring after the window).
+
+/**
+ * KEYS: cmd:{<scope>}:<id>. ARGV: `p<node>`, lease ms.
+ * Records the command as pending unless a record is there: nil when it made the record, the record otherwise.
+ */
+export const CLAIM = `
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return false end
+return redis.call('GET', KEYS[1])
+`
+
+/**
+ * KEYS: cmd:{<scope>}:<id>. ARGV: `p<node>`.
+ * Deletes the record only while it is this node's pending one: never an answer, never another node's claim.
+ */
+export const RELEASE = `
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+`

@@ -1,9 +1,9 @@
 import { errors } from '../errors.js'
-import type { OutboundMessage } from '../../schemas/envelope.js'
-import type { Broker, BrokerHealth, BrokerHost, BrokerMessage, ChannelBroadcast, Departure, HistorySettings, NodeReport, PresenceEntry, PresenceUpdate, StreamPage, StreamPosition } from './broker.js'
-import { APPEND, HEARTBEAT, READ, REAP, SET_PRESENCE } from './redis-scripts.js'
-import { openClients, type RedisClient, type RedisConnectionOptions } from './redis-client.js'
-import { newEpoch } from './streams.js'
+import type { Broker, BrokerHealth, BrokerHost, BrokerMessage, ChannelBroadcast, CommandRecord, Departure, HistorySettings, NodeReport, PresenceEntry, PresenceUpdate, StreamPage, StreamPosition } from './broker.js'
+import { HEARTBEAT, REAP, SET_PRESENCE } from './redis-scripts.js'
+import { openClients, ready, type RedisClient, type RedisConnectionOptions } from './redis-client.js'
+import { CommandRecords } from './redis-dedupe.js'
+import { appended, RedisStreams } from './redis-streams.js'
 
 /** How the Redis broker is set up. */
 export interface RedisBrokerOptions {
@@ -29,13 +29,11 @@ export interface RedisBrokerOptions {
 /** A removed node is remembered this long, so that if it was alive after all it announces its users again. */
 const REAPED_MEMORY = 24 * 60 * 60 * 1000
 
-/** The pub connection with the broker's Lua scripts defined on it. */
+/** The pub connection with the presence and node scripts defined on it (redis-streams.ts and redis-dedupe.ts define theirs). */
 interface ScriptedRedis extends RedisClient {
   forgeSetPresence: (held: string, present: string, field: string, user: string, connections: number) => Promise<[number, number]>
   forgeHeartbeat: (nodeKey: string, nodes: string, reaped: string, id: string, report: string, ttl: number) => Promise<[number, number]>
   forgeReap: (nodes: string, prefix: string, remember: number) => Promise<string[]>
-  forgeAppend: (stream: string, meta: string, channel: string, epoch: string, size: number, ttl: number, metaTtl: number, message: string, head: string) => Promise<[number, string]>
-  forgeRead: (stream: string, meta: string, epoch: string, metaTtl: number, sinceEpoch: string, from: number, limit: number) => Promise<[string, number, string[]]>
 }
 
 /**
@@ -85,6 +83,8 @@ export class RedisBroker implements Broker {
   readonly #closed = new AbortController()
   /** The control channel's subscription once sent (ioredis renews it after an outage); null again if it failed. */
   #controlSubscribed: Promise<unknown> | null = null
+  readonly #streams: RedisStreams
+  readonly #records: CommandRecords
 
   constructor (options: RedisBrokerOptions) {
     this.#nodeTtl = options.nodeTtl ?? 10_000
@@ -109,8 +109,9 @@ export class RedisBroker implements Broker {
     this.#pub.defineCommand('forgeSetPresence', { numberOfKeys: 2, lua: SET_PRESENCE })
     this.#pub.defineCommand('forgeHeartbeat', { numberOfKeys: 3, lua: HEARTBEAT })
     this.#pub.defineCommand('forgeReap', { numberOfKeys: 1, lua: REAP })
-    this.#pub.defineCommand('forgeAppend', { numberOfKeys: 2, lua: APPEND })
-    this.#pub.defineCommand('forgeRead', { numberOfKeys: 2, lua: READ })
+    const run = <T>(command: () => Promise<T>): Promise<T> => this.#command(command)
+    this.#streams = new RedisStreams(this.#pub, this.#prefix, run)
+    this.#records = new CommandRecords(this.#pub, this.#prefix, run)
     for (const client of [this.#pub, this.#sub]) client.on('error', this.#reportError)
     this.#sub.on('message', this.#receive)
     // Back after an outage: report at once (and write presence again if Redis lost it).
@@ -229,16 +230,8 @@ export class RedisBroker implements Broker {
    * @example
    * const { epoch, seq } = await broker.append({ type: 'channel', origin: nodeId, channel, message }, settings)
    */
-  async append (message: ChannelBroadcast, settings: HistorySettings): Promise<StreamPosition> {
-    const { message: outbound, epoch: _epoch, ...head } = message
-    const { seq: _seq, ...stored } = outbound
-    // The broadcast's JSON is cut before its message, which the script puts in once it is stored: the message
-    // travels to Redis once.
-    const open = `${JSON.stringify(head).slice(0, -1)},"message":`
-    const [seq, epoch] = await this.#command(() => this.#pub.forgeAppend(
-      this.#key(`hs:{${message.channel}}`), this.#key(`hm:{${message.channel}}`), this.#key(`ch:${message.channel}`),
-      newEpoch(), settings.size, settings.ttl, settings.metaTtl, JSON.stringify(stored), open))
-    return { epoch, seq }
+  append (message: ChannelBroadcast, settings: HistorySettings): Promise<StreamPosition> {
+    return this.#streams.append(message, settings)
   }
 
   /**
@@ -260,17 +253,25 @@ export class RedisBroker implements Broker {
    * @example
    * const page = await broker.read('room-lobby', { epoch, seq: 41 }, 100, settings)   // from seq 42
    */
-  async read (channel: string, since: StreamPosition | undefined, limit: number, settings: HistorySettings): Promise<StreamPage> {
-    return await this.#command(async () => {
-      const [epoch, seq, flat] = await this.#pub.forgeRead(this.#key(`hs:{${channel}}`), this.#key(`hm:{${channel}}`),
-        newEpoch(), settings.metaTtl, since?.epoch ?? '', (since?.seq ?? 0) + 1, limit)
-      const messages: OutboundMessage[] = []
-      for (let i = 0; i + 1 < flat.length; i += 2) {
-        // Entry ids are "<seq>-0".
-        messages.push(Object.assign(JSON.parse(flat[i + 1] as string) as OutboundMessage, { seq: Number.parseInt(flat[i] as string, 10) }))
-      }
-      return { epoch, seq, messages }
-    })
+  read (channel: string, since: StreamPosition | undefined, limit: number, settings: HistorySettings): Promise<StreamPage> {
+    return this.#streams.read(channel, since, limit, settings)
+  }
+
+  /** The record of handled client commands (Broker): one key per `(scope, id)`, `<prefix>cmd:{<scope>}:<id>`. */
+  claimCommand (scope: string, id: string, lease: number): Promise<CommandRecord | null> {
+    return this.#records.claim(this.#host?.nodeId ?? '', scope, id, lease)
+  }
+
+  commandRecord (scope: string, id: string): Promise<CommandRecord | null> {
+    return this.#records.read(scope, id)
+  }
+
+  finishCommand (scope: string, id: string, answer: string, window: number): Promise<void> {
+    return this.#records.finish(scope, id, answer, window)
+  }
+
+  releaseCommand (scope: string, id: string): Promise<void> {
+    return this.#records.release(this.#host?.nodeId ?? '', scope, id)
   }
 
   async close (): Promise<void> {
@@ -434,39 +435,7 @@ export class RedisBroker implements Broker {
   }
 }
 
-/** Marks a command's error as one that never reached Redis (`notSent`: an append of it kept nothing). */
+/** Marks a command's error as one that never reached Redis (`notSent`: an append or a claim of it kept nothing). */
 function unsent<E extends Error> (err: E): E & { notSent: true } {
   return Object.assign(err, { notSent: true as const })
-}
-
-/** The channel message an append published: `h:<seq>:<epoch>:<JSON of the broadcast, its message without seq>`. */
-function appended (payload: string): ChannelBroadcast {
-  const seqEnd = payload.indexOf(':', 2)
-  const epochEnd = payload.indexOf(':', seqEnd + 1)
-  if (seqEnd === -1 || epochEnd === -1) throw new Error('a history message without its seq and epoch')
-  const message = JSON.parse(payload.slice(epochEnd + 1)) as ChannelBroadcast
-  message.message.seq = Number(payload.slice(2, seqEnd))
-  message.epoch = payload.slice(seqEnd + 1, epochEnd)
-  return message
-}
-
-/**
- * Resolves once `client` is ready, however many attempts ioredis needs (their errors are no failure here, unlike
- * with `events.once`); rejects if `signal` aborts first.
- */
-function ready (client: RedisClient, signal: AbortSignal): Promise<void> {
-  return new Promise((resolve, reject) => {
-    const done = (): void => {
-      signal.removeEventListener('abort', abort)
-      resolve()
-    }
-    const abort = (): void => {
-      client.off('ready', done)
-      reject(new errors.FST_SOCKET_BROKER_UNAVAILABLE('the broker was closed'))
-    }
-    if (signal.aborted) return abort()
-    if (client.status === 'ready') return resolve()
-    client.once('ready', done)
-    signal.addEventListener('abort', abort, { once: true })
-  })
 }
