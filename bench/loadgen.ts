@@ -2,6 +2,7 @@
 // clients, drives the scenario, and prints one JSON result line. Every client is the same lean WebSocket client
 // (lite-client.ts; for socket.io it speaks Engine.IO v4 itself: the open packet, `40` connect with the token,
 // `3` to pings), so the client side costs the same whichever server is measured, and little.
+import { randomBytes } from 'node:crypto'
 import { performance } from 'node:perf_hooks'
 import * as hdr from 'hdr-histogram-js'
 import { LiteSocket } from './lite-client.js'
@@ -9,7 +10,8 @@ import { CHANNEL, PUB_CHANNEL, cpuMicros, param, token, type Kind, type Role, ty
 
 export type Task =
   | { scenario: 'fanout', kind: Kind, ports: number[], subscribers: number, warmup: number, duration: number, window: number }
-  | { scenario: 'echo', kind: Kind, ports: number[], clients: number, warmup: number, duration: number }
+  /** `ids`: each request carries an `id` (`<instance>.<counter>`, as forge-socket's client makes them), so the server dedupes it. */
+  | { scenario: 'echo', kind: Kind, ports: number[], clients: number, warmup: number, duration: number, ids?: boolean }
   | { scenario: 'connect', kind: Kind, ports: number[], connections: number, concurrency: number, warmup: number }
 
 export interface Result {
@@ -50,7 +52,7 @@ function sleep (ms: number): Promise<void> {
 /** A connected client: `send` a message in the kind's own format; `onMessage` gets every application message. */
 interface Conn {
   ws: LiteSocket
-  send: (cmd: string, body: string, ack?: number) => void
+  send: (cmd: string, body: string, ack?: number, id?: string) => void
   onMessage: (data: Buffer) => void
 }
 
@@ -63,7 +65,7 @@ async function open (kind: Kind, port: number, role: Role): Promise<Conn> {
     ws,
     onMessage: () => {},
     send: kind === 'forge'
-      ? (cmd, body, ack) => ws.send(`{"channel":"${channel}","cmd":"${cmd}","param":${body}${ack === undefined ? '' : `,"ref":"${ack}"`}}`)
+      ? (cmd, body, ack, id) => ws.send(`{"channel":"${channel}","cmd":"${cmd}","param":${body}${ack === undefined ? '' : `,"ref":"${ack}"`}${id === undefined ? '' : `,"id":"${id}"`}}`)
       : kind === 'ws'
         ? (cmd, body, ack) => ws.send(`{"cmd":"${cmd}","param":${body}${ack === undefined ? '' : `,"ref":"${ack}"`}}`)
         : (cmd, body, ack) => ws.send(`42${ack === undefined ? '' : ack}["${cmd}",${body}]`)
@@ -200,12 +202,16 @@ async function echo (t: Extract<Task, { scenario: 'echo' }>): Promise<Result> {
   let running = true
   let recording = false
   const body = param(0)
+  // One instance per client, as each browser tab's Socket has its own.
+  const instance = (i: number): string => `${randomBytes(8).toString('hex')}${i}`.slice(0, 16)
   clients.forEach((conn, i) => {
     let since = 0
+    let counter = 0
+    const prefix = `${instance(i)}.`
     const ask = (): void => {
       since = performance.now()
       sent++
-      conn.send('echo', body, i)
+      conn.send('echo', body, i, t.ids === true ? prefix + (++counter).toString(36) : undefined)
     }
     conn.onMessage = () => {
       done++

@@ -68,6 +68,14 @@ const scenarios: Scenario[] = [
     task: (kind, ports) => ({ scenario: 'echo', kind, ports, clients: 100, warmup, duration })
   },
   {
+    // echo with an id on every request: each is claimed and its answer kept (the in-process record, memory broker).
+    id: 'echo-ids',
+    title: 'echo with an id on every request (dedupe: claimed, answer kept; memory broker), 100 clients',
+    kinds: ['forge'],
+    nodes: 1,
+    task: (kind, ports) => ({ scenario: 'echo', kind, ports, clients: 100, warmup, duration, ids: true })
+  },
+  {
     id: 'connect',
     title: 'connection setup with JWT (2,000 connections, 50 at a time, after warm-up rounds of 10,000), memory per idle connection',
     kinds: KINDS,
@@ -89,7 +97,15 @@ const scenarios: Scenario[] = [
     nodes: 2,
     env: { BENCH_HISTORY: '1' },
     task: (kind, ports) => ({ scenario: 'fanout', kind, ports, subscribers: 1000, warmup, duration, window: 4 })
-  }
+  },
+  ...[false, true].map((ids): Scenario => ({
+    // Over Redis, an id costs a claim script and a SET per request, each a round trip before the answer.
+    id: ids ? 'echo-ids-redis' : 'echo-redis',
+    title: `echo${ids ? ' with an id on every request (the record in Redis)' : ''}, 100 clients split over two forge-socket nodes sharing a Redis`,
+    kinds: ['forge'],
+    nodes: 2,
+    task: (kind, ports) => ({ scenario: 'echo', kind, ports, clients: 100, warmup, duration, ids })
+  }))
 ]
 
 function hasTaskset (): boolean {
@@ -216,6 +232,7 @@ function targets (): Array<{ target: string, value: number | null, pass: boolean
     list.push({ target: `${id}: throughput ≥ 1.6x socket.io`, value: ratio(get(id, 'forge')?.rate, get(id, 'socketio')?.rate), limit: 1.6, atMost: false })
   }
   list.push({ target: 'fanout-1k with history: server CPU per message ≤ 1.15x without', value: ratio(get('fanout-1k-history', 'forge')?.cpuPerMessage, get('fanout-1k', 'forge')?.cpuPerMessage), limit: 1.15, atMost: true })
+  list.push({ target: 'echo with ids: server CPU per round trip ≤ 1.1x without (memory)', value: ratio(get('echo-ids', 'forge')?.cpuPerMessage, get('echo', 'forge')?.cpuPerMessage), limit: 1.1, atMost: true })
   list.push({ target: 'echo: round trips/s ≥ 1.0x raw ws', value: ratio(get('echo', 'forge')?.rate, get('echo', 'ws')?.rate), limit: 1.0, atMost: false })
   list.push({ target: 'connect: handshakes/s ≥ 0.8x raw ws', value: ratio(get('connect', 'forge')?.rate, get('connect', 'ws')?.rate), limit: 0.8, atMost: false })
   list.push({ target: 'connect: memory per idle connection ≤ 1.3x raw ws', value: ratio(get('connect', 'forge')?.bytesPerConnection, get('connect', 'ws')?.bytesPerConnection), limit: 1.3, atMost: true })

@@ -292,9 +292,10 @@ export class Dedupe {
     if (record.state === 'done') return sendAnswer(conn, message, record.answer)
     const deadline = Date.now() + this.#settings.lease
     let attempt = 0
+    // The last look is at the deadline itself: a record whose lease ended by then (its node died) is this one's to run.
     const poll = (): void => {
-      const delay = POLL_DELAYS[Math.min(attempt++, POLL_DELAYS.length - 1)] as number
-      if (Date.now() + delay > deadline) return sendAnswer(conn, message, inProgress(message.id))
+      const left = deadline - Date.now()
+      if (left <= 0) return sendAnswer(conn, message, inProgress(message.id))
       setTimeout(() => {
         if (conn.state === ConnectionState.CLOSED) return
         Promise.resolve().then(() => this.#store.commandRecord(scope, message.id)).then((found) => {
@@ -303,7 +304,7 @@ export class Dedupe {
           if (found.state === 'done') return sendAnswer(conn, message, found.answer)
           poll()
         }, (err: unknown) => this.#unavailable(conn, message, err))
-      }, delay).unref()
+      }, Math.min(left, POLL_DELAYS[Math.min(attempt++, POLL_DELAYS.length - 1)] as number)).unref()
     }
     poll()
   }
