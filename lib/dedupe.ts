@@ -146,10 +146,14 @@ export function scopeOf (conn: Connection): string {
 interface Waiter {
   conn: Connection
   message: InboundMessage & { id: string }
+  /** Runs the repeat itself, should it turn out to be the first (the record was gone when it looked again). */
+  run: () => unknown
 }
 
 interface InFlight {
   waiters: Waiter[]
+  /** The claim failed, and is being taken back: repeats are refused (FST_SOCKET_DEDUPE_UNAVAILABLE) meanwhile. */
+  refusing?: true
   /** Ends the wait after the lease: the waiters are told FST_SOCKET_IN_PROGRESS. */
   timer: NodeJS.Timeout | undefined
 }
@@ -205,7 +209,7 @@ export class Dedupe {
     const scope = scopeOf(conn)
     const key = keyOf(scope, message.id)
     const inFlight = this.#inFlight.get(key)
-    if (inFlight !== undefined) return this.#wait(inFlight, { conn, message })
+    if (inFlight !== undefined) return this.#wait(inFlight, { conn, message, run })
     let claimed: CommandRecord | null | PromiseLike<CommandRecord | null>
     try {
       claimed = this.#store.claimCommand(scope, message.id, this.#settings.lease)
@@ -217,8 +221,15 @@ export class Dedupe {
     this.#inFlight.set(key, mine)
     if (!isThenable(claimed)) return this.#claimed(conn, message, scope, key, mine, claimed, run)
     claimed.then((record) => this.#claimed(conn, message, scope, key, mine, record, run), (err: unknown) => {
-      this.#settle(key, mine)
-      for (const waiter of [{ conn, message }, ...mine.waiters]) this.#unavailable(waiter.conn, waiter.message, err)
+      const waiters = [{ conn, message, run }, ...mine.waiters]
+      mine.waiters = []
+      for (const waiter of waiters) this.#unavailable(waiter.conn, waiter.message, err)
+      if ((err as { notSent?: boolean }).notSent === true) return this.#settle(key, mine)
+      // Timed out: the claim may reach the store yet and hold the id for a whole lease. It is taken back (only
+      // while it is this node's and pending); repeats meanwhile are refused like this one.
+      mine.refusing = true
+      const settle = (): void => { this.#settle(key, mine) }
+      Promise.resolve().then(() => this.#store.releaseCommand(scope, message.id)).then(settle, settle)
     })
   }
 
@@ -226,7 +237,7 @@ export class Dedupe {
   #claimed (conn: Connection, message: InboundMessage & { id: string }, scope: string, key: string, mine: InFlight, record: CommandRecord | null, run: () => unknown): void {
     if (record === null) return this.#run(conn, message, scope, key, run)
     this.#settle(key, mine)
-    for (const waiter of [{ conn, message }, ...mine.waiters]) this.#existing(waiter.conn, waiter.message, scope, record, run)
+    for (const waiter of [{ conn, message, run }, ...mine.waiters]) this.#existing(waiter.conn, waiter.message, scope, record, waiter.run)
   }
 
   /** The first run: its answer kept, then sent to it and to the duplicates that waited. */
@@ -311,6 +322,7 @@ export class Dedupe {
 
   /** A duplicate of a run under way on this node: answered with that run's answer, or IN_PROGRESS after the lease. */
   #wait (inFlight: InFlight, waiter: Waiter): void {
+    if (inFlight.refusing === true) return this.#unavailable(waiter.conn, waiter.message, new Error('the claim of this id is being taken back'))
     inFlight.waiters.push(waiter)
     inFlight.timer ??= setTimeout(() => {
       const waiters = inFlight.waiters
@@ -339,7 +351,8 @@ function inProgress (id: string): string {
 }
 
 /** A duplicate's answer: the kept one, with the duplicate's own `ref` and `dup: true` (none without a `ref`). */
-function sendAnswer (conn: Connection, message: InboundMessage, answer: string): void {
+function sendAnswer (conn: Connection, message: InboundMessage & { id: string }, answer: string): void {
+  conn.debug({ id: message.id }, 'a repeated message id: answered, not run')
   if (message.ref !== undefined) conn.sendFrame(answerFrame(message.channel, answer, message.ref, true))
 }
 

@@ -14,6 +14,7 @@ import fastifyStatic from '@fastify/static'
 import { freePort, ROOT, startDemo, type DemoProcess } from './helpers/demo-process.js'
 import { RedisProcess, requireRedis } from './helpers/redis.js'
 import { serve } from './helpers/server.js'
+import { CuttingProxy } from './helpers/proxy.js'
 
 const CHROMIUM = process.env.CHROMIUM_PATH ?? '/usr/bin/chromium'
 const SECRET = 'browser-test-secret'
@@ -119,6 +120,41 @@ if (!existsSync(CHROMIUM)) {
     const shot = join(tmpdir(), 'forge-socket-demo.png')
     await ann.screenshot({ path: shot })
     t.ok((await stat(shot)).size > 10_000, `screenshot taken: ${shot}`)
+    t.same(errors, [], 'no script errors on the pages')
+  })
+
+  t.test('a chat message whose answer is lost with the connection is sent again and shown once: the server answers the repeat from its record', async (t) => {
+    const demo = await startDemo({ port: await freePort(), secret: SECRET, logLevel: 'debug' })
+    t.after(() => demo.kill())
+    // ann's page (and its WebSockets) go through a proxy that can drop a connection between the server's write and
+    // the page's read; bob's go straight to the demo.
+    const proxy = await CuttingProxy.start(t, demo.port)
+    const errors: string[] = []
+    const ann = await open(`http://127.0.0.1:${proxy.port}`, 'ann', errors)
+    const bob = await open(demo.url, 'bob', errors)
+    await chatLine(ann, '→ bob joined')
+
+    // The handler runs and broadcasts; the answer to ann's request is lost, and her connection with it.
+    const cut = proxy.cutBefore('"cmd":"reply"')
+    await say(ann, 'said once')
+    await cut
+    await chatLine(bob, 'ann: said once')
+    await ann.waitForSelector('#chat-status[data-state="reconnecting"]', WAIT)
+    await ann.waitForSelector('#chat-status[data-state="open"]', WAIT)
+    // The page's client sends the unanswered request again, with its id: the demo answers it from the record.
+    const repeat = (): boolean => demo.logs.some((line) => line.msg === 'a repeated message id: answered, not run')
+    for (let i = 0; i < 300 && !repeat(); i++) await new Promise((resolve) => setTimeout(resolve, 50))
+    t.ok(repeat(), 'the demo got the request again and did not run it')
+
+    // Everything the channel had before bob's next message reached bob first: the message was broadcast once.
+    await say(bob, 'after the cut')
+    await chatLine(bob, 'bob: after the cut')
+    await chatLine(ann, 'bob: after the cut')
+    await chatLine(ann, 'ann: said once')
+    for (const [name, page] of [['ann', ann], ['bob', bob]] as const) {
+      t.equal(await chatLines(page, 'ann: said once'), 1, `${name} shows it once`)
+      t.equal(await page.locator('#chat-log li:has-text("error ")').count(), 0, `${name}: no error line (the request was answered)`)
+    }
     t.same(errors, [], 'no script errors on the pages')
   })
 

@@ -2,7 +2,7 @@ import t, { type Test } from 'tap'
 import WebSocket from 'ws'
 import { Socket, type TokenProvider } from '../lib/client/index.js'
 import { demoLogin, freePort, startDemo, type DemoProcess } from './helpers/demo-process.js'
-import { inState } from './helpers/client-state.js'
+import { inState, within } from './helpers/client-state.js'
 
 // The Node client against the real demo server (`node dist/examples/server.js`), killed and restarted on the same
 // port: the client reconnects and delivers what was sent while the server was down, in order, exactly once.
@@ -10,19 +10,6 @@ import { inState } from './helpers/client-state.js'
 const SECRET = 'client-restart-test-secret-long-enough'
 const ROOM = 'chat-room-lobby'
 const QUEUED = 20
-
-/** Fails with `what` instead of hanging until tap's file timeout, if `promise` takes longer than `ms`. */
-async function within<T> (promise: Promise<T>, what: string, ms = 10_000): Promise<T> {
-  let timer: ReturnType<typeof setTimeout> | undefined
-  try {
-    return await Promise.race([promise, new Promise<never>((_resolve, reject) => {
-      timer = setTimeout(() => reject(new Error(`timed out after ${ms} ms waiting for ${what}`)), ms)
-    })])
-  } finally {
-    clearTimeout(timer)
-  }
-}
-
 
 interface ChatClient {
   socket: Socket

@@ -3,6 +3,7 @@ import { ClientErrorCode, SocketError } from './errors.js'
 import type { SocketOptions } from './options.js'
 import { DEFAULT_QUEUE, OutboundQueue, type DropReason, type Queued } from './queue.js'
 import type { Requests } from './requests.js'
+import type { Resender } from './resend.js'
 import type { ChannelPosition, WebSocketLike } from './types.js'
 
 /** What the outbox needs from the Socket. */
@@ -13,25 +14,30 @@ export interface OutboxHost {
   closed (): boolean
 }
 
-/** Every message the client sends, as its frame: `param` null when there is none, `ref` only when an answer is wanted. */
-export function encode (channel: string, cmd: string, param: unknown, ref?: string): string {
-  return JSON.stringify(ref === undefined ? { channel, cmd, param: param ?? null } : { channel, cmd, param: param ?? null, ref })
+/**
+ * Every message the client sends, as its frame: `param` null when there is none, `ref` only when an answer is
+ * wanted, `id` on application messages (JSON leaves out the keys that are undefined).
+ */
+export function encode (channel: string, cmd: string, param: unknown, ref?: string, id?: string): string {
+  return JSON.stringify({ channel, cmd, param: param ?? null, ref, id })
 }
 
 /**
- * What the socket sends: messages and requests, framed, sent at once on an open connection, else held in the
- * bounded queue until the next connection is set up; and the subscribes of a connection's setup, sent ahead of the
- * queue. Nothing is lost silently: a dropped message rejects its request, or is reported.
+ * What the socket sends: messages and requests, framed with their `id`, sent at once on an open connection, else
+ * held in the bounded queue until the next connection is set up; and the subscribes of a connection's setup, sent
+ * ahead of the queue. Nothing is lost silently: a dropped message rejects its request, or is reported.
  */
 export class Outbox {
   readonly #queue: OutboundQueue
   readonly #requests: Requests
+  readonly #resender: Resender
   readonly #out: Reporter
   readonly #host: OutboxHost
 
-  constructor (options: Pick<SocketOptions, 'queue'>, requests: Requests, out: Reporter, host: OutboxHost) {
+  constructor (options: Pick<SocketOptions, 'queue'>, requests: Requests, resender: Resender, out: Reporter, host: OutboxHost) {
     this.#queue = new OutboundQueue({ ...DEFAULT_QUEUE, ...options.queue }, (item, reason) => this.#dropped(item, reason))
     this.#requests = requests
+    this.#resender = resender
     this.#out = out
     this.#host = host
   }
@@ -41,25 +47,21 @@ export class Outbox {
     return this.#queue.length
   }
 
-  /** Whether the request with `ref` waits in the queue, never sent. */
-  has (ref: string): boolean {
-    return this.#queue.has(ref)
-  }
-
   /** Sends now if open, else queues (throws QueueFullError under the 'error' policy); true when it went out at once. */
   send (channel: string, cmd: string, param: unknown, ref: string | undefined): boolean {
-    const data = encode(channel, cmd, param, ref)
+    const id = this.#resender.id(cmd)
+    const data = encode(channel, cmd, param, ref, id)
     if (this.#host.closed()) {
-      this.#dropped({ data, bytes: data.length, at: Date.now(), ref }, 'closed')
+      this.#dropped({ data, bytes: data.length, at: Date.now(), ref, id }, 'closed')
       return false
     }
     const ws = this.#host.open()
     if (ws !== null) {
-      ws.send(data)
+      this.#write(ws, data, ref, id)
       this.#out.log(`send ${channel}:${cmd}`)
       return true
     }
-    this.#queue.push(data, ref)
+    this.#queue.push(data, ref, id)
     this.#out.log(`queue ${channel}:${cmd} (${this.#queue.length} queued)`)
     return false
   }
@@ -89,17 +91,37 @@ export class Outbox {
     return answer
   }
 
-  /** Sends what was queued on `ws`, in order. */
+  /**
+   * Sends on `ws`, a connection just set up, the requests to resend (see Resender), then what was queued, in order;
+   * with a server that dedupes, a message queued longer than its window is dropped instead.
+   */
   flush (ws: WebSocketLike): void {
+    this.#resender.resend(ws)
     const items = this.#queue.drain()
     if (items.length > 0) this.#out.log(`flush ${items.length} queued`)
-    // A request that timed out while queued was already answered "timeout": it must not run on the server later.
-    for (const item of items) if (item.ref === undefined || this.#requests.has(item.ref)) ws.send(item.data)
+    for (const item of items) {
+      // A request that timed out while queued was already answered "timeout": it must not run on the server later.
+      if (item.ref !== undefined && !this.#requests.has(item.ref)) continue
+      if (item.id !== undefined && this.#resender.late(item.at)) this.#dropped(item, 'dedupe-window')
+      else this.#write(ws, item.data, item.ref, item.id)
+    }
   }
 
-  /** The socket closed for good: every queued message is dropped. */
+  /** The connection closed with `error`: the requests sent on it are rejected with it, unless they are to be resent. */
+  lost (error: SocketError): void {
+    this.#resender.lost(error, (ref) => this.#queue.has(ref))
+  }
+
+  /** The socket closed for good: the requests waiting to be resent are rejected, every queued message is dropped. */
   clear (): void {
+    this.#resender.clear((ref) => this.#queue.has(ref))
     this.#queue.clear('closed')
+  }
+
+  /** A request with an `id` is kept once written, to be sent again if its answer does not come. */
+  #write (ws: WebSocketLike, data: string, ref: string | undefined, id: string | undefined): void {
+    ws.send(data)
+    if (ref !== undefined && id !== undefined) this.#requests.wrote(ref, data)
   }
 
   #dropped (item: Queued, reason: DropReason): void {

@@ -24,10 +24,12 @@ export interface Queued {
   at: number
   /** The `ref` of a request waiting for its answer, so the request can be rejected if the message is dropped. */
   ref?: string | undefined
+  /** The message's `id` (none on the reserved commands), so that one queued past the server's dedupe window is dropped. */
+  id?: string | undefined
 }
 
-/** Why a message was dropped. */
-export type DropReason = 'overflow' | 'expired' | 'too-large' | 'closed'
+/** Why a message was dropped: `dedupe-window` is a message older than the server's dedupe window (docs/client.md). */
+export type DropReason = 'overflow' | 'expired' | 'too-large' | 'closed' | 'dedupe-window'
 
 /** Thrown by `push` when the policy is 'error' and the queue is full: a SocketError, like every error of the client. */
 export class QueueFullError extends SocketError {
@@ -70,8 +72,8 @@ export class OutboundQueue {
   }
 
   /** Queues a frame, applying the overflow policy. Throws QueueFullError under the 'error' policy. */
-  push (data: string, ref?: string): void {
-    const item: Queued = { data, bytes: encoder.encode(data).length, at: this.#now(), ref }
+  push (data: string, ref?: string, id?: string): void {
+    const item: Queued = { data, bytes: encoder.encode(data).length, at: this.#now(), ref, id }
     if (item.bytes > this.#options.maxBytes) return this.#onDrop(item, 'too-large')
     const fits = (): boolean => this.#items.length < this.#options.max && this.#bytes + item.bytes <= this.#options.maxBytes
     this.#expire()

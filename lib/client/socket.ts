@@ -9,6 +9,7 @@ import { checkOptions, type SocketOptions } from './options.js'
 import { Outbox, encode } from './outbox.js'
 import { Positions } from './positions.js'
 import { Requests } from './requests.js'
+import { Resender } from './resend.js'
 import { Subscriptions, type SubscribeAnswer } from './subscriptions.js'
 import { Token } from './token.js'
 import type { ChannelPosition, ClientParam, Message, RecoveryResult, ServerParam, SocketState, WebSocketLike } from './types.js'
@@ -33,6 +34,7 @@ export class Socket {
   readonly #retries: Retries
   readonly #requestTimeout: number
   readonly #requests = new Requests()
+  readonly #resender: Resender
   readonly #outbox: Outbox
   readonly #emitter: Emitter
   readonly #token: Token
@@ -81,10 +83,12 @@ export class Socket {
         this.#token.stable()
       }
     })
-    this.#outbox = new Outbox(options, this.#requests, this.#emitter, {
+    const host = {
       open: () => this.#state === 'open' && this.#ws !== null && this.#ws.readyState === OPEN ? this.#ws : null,
       closed: () => this.#state === 'closed'
-    })
+    }
+    this.#resender = new Resender(this.#requests, this.#emitter, host)
+    this.#outbox = new Outbox(options, this.#requests, this.#resender, this.#emitter, host)
     browser.addEventListener?.('online', this.#online)
     void this.#connect()
   }
@@ -97,6 +101,14 @@ export class Socket {
   /** The server's id for the current connection (from `connected`); null until the first one. */
   get connectionId (): string | null {
     return this.#connectionId
+  }
+
+  /**
+   * This socket's part of the `id` every application message carries (`<instanceId>.<counter>`, the counter in
+   * base 36): 16 random characters, made once per Socket. The server dedupes by it (docs/client.md, Delivery).
+   */
+  get instanceId (): string {
+    return this.#resender.instance
   }
 
   /** Where each channel with history stands (a copy): what the client recovers from after a reconnection. */
@@ -128,7 +140,9 @@ export class Socket {
   /**
    * Sends a message with a `ref` and resolves with the server's `reply` param. Rejects with the server's error code
    * on `error`, with FST_SOCKET_REQUEST_TIMEOUT after `timeout` ms, or with FST_SOCKET_CONNECTION_CLOSED when the
-   * connection closes before the answer. A request made while the socket is down waits in the queue.
+   * connection closes before the answer; unless the server dedupes for the user: then it is sent again, with the
+   * same `id`, on the next connection (FST_SOCKET_MESSAGE_DROPPED once past the server's dedupe window). A
+   * request made while the socket is down waits in the queue.
    *
    * @example
    * const saved = await socket.request('chat-room-lobby', 'chat-message', { text: 'hi' }, { timeout: 5000 })
@@ -214,7 +228,7 @@ export class Socket {
     this.#stop()
     this.#ws?.close(code, reason)
     this.#ws = null
-    this.#rejectAll(new SocketError(Code.CONNECTION_CLOSED, 'The socket was closed', code))
+    this.#outbox.lost(new SocketError(Code.CONNECTION_CLOSED, 'The socket was closed', code))
     this.#outbox.clear()
   }
 
@@ -266,8 +280,9 @@ export class Socket {
     if (message.cmd === 'connected') return this.#opened(message as Message<ServerParam<'connected'>>)
     const param = message.param as ServerParam<'error'>
     const error = message.cmd === 'error' ? new SocketError(param.code, param.message) : undefined
-    // The answer to a request settles it (an `error` rejects it); anything else goes to the listeners, an `error` to onError too.
-    if (message.ref !== undefined && this.#requests.has(message.ref)) return this.#requests.settle(message.ref, error, message.param)
+    // The answer to a request settles it (an `error` rejects it, unless it means "again later"); anything else goes
+    // to the listeners, an `error` to onError too.
+    if (message.ref !== undefined && this.#requests.has(message.ref)) return this.#resender.answered(message.ref, error, message.param)
     if (error !== undefined) this.#emitter.report(error)
     if (this.#positions.heard(message)) this.#emitter.emit(message)
   }
@@ -276,6 +291,7 @@ export class Socket {
     this.#connectionId = message.param.connectionId
     this.#home = message.channel
     this.#seen.greeted = true
+    this.#resender.connected(message.param.dedupe)
     this.#positions.connected(message.param)
     // An onRecover listener may have closed the socket.
     if (this.#state === 'closed') return
@@ -284,7 +300,7 @@ export class Socket {
     this.#subscriptions.setUp(ws, message.param.channels, () => this.#ready(ws, message))
   }
 
-  /** The connection is set up (`connected`, and the re-subscriptions answered): flush the queue, then open. */
+  /** The connection is set up (`connected`, and the re-subscriptions answered): resend, flush the queue, then open. */
   #ready (ws: WebSocketLike, message: Message<ServerParam<'connected'>>): void {
     this.#liveness.settled()
     // Queued messages go before the application hears of the open (state listeners included), so they keep their
@@ -306,7 +322,7 @@ export class Socket {
     this.#liveness.stop()
     this.#token.stop()
     this.#emitter.log(`closed ${code}${reason.length > 0 ? ` ${reason}` : ''}`)
-    this.#rejectAll(new SocketError(Code.CONNECTION_CLOSED, `The connection closed (${code}) before the answer came`, code))
+    this.#outbox.lost(new SocketError(Code.CONNECTION_CLOSED, `The connection closed (${code}) before the answer came`, code))
     if (this.#state === 'closed') return
     const refusal = this.#seen.refusal
     if (refusal !== null) this.#emitter.log(`refused ${refusal.status}${refusal.serverCode === undefined ? '' : ` ${refusal.serverCode}`}`)
@@ -382,10 +398,5 @@ export class Socket {
     this.#state = state
     this.#emitter.log(`state ${state}`)
     this.#emitter.emitState(state, previous)
-  }
-
-  /** Rejects the requests waiting for an answer; those still in the queue were never sent and wait for the next connection. */
-  #rejectAll (error: SocketError): void {
-    this.#requests.rejectAll(error, (ref) => this.#outbox.has(ref))
   }
 }

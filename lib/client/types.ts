@@ -36,6 +36,18 @@ export interface Message<P = unknown, C extends string = string> {
   readonly param: P
   readonly ref?: string
   readonly seq?: number
+  /** On a `reply`: the server had handled this request's `id` already, and this is the answer it kept. */
+  readonly dup?: boolean
+}
+
+/**
+ * The server's dedupe of client commands by `id`, as `connected` announces it: a message with an `id` it has seen
+ * within `window` ms is answered, not run again. `scope: 'user'` dedupes across the user's connections, so the
+ * client resends an unanswered request after a reconnection; `'connection'` (anonymous) only within one connection.
+ */
+export interface Dedupe {
+  readonly window: number
+  readonly scope: 'user' | 'connection'
 }
 
 /**
@@ -55,9 +67,10 @@ export interface ClientCommands {}
 export interface ServerCommands {
   /**
    * `positions`: where each of the channels that keep history stands (docs/protocol.md, channel history);
-   * `recovery`, when the client sent `since`: how each of those channels came back.
+   * `recovery`, when the client sent `since`: how each of those channels came back; `dedupe`, when the server
+   * dedupes client commands by `id`.
    */
-  'connected': { connectionId: string, channels: string[], positions?: Record<string, ChannelPosition>, recovery?: Record<string, RecoveryResult> }
+  'connected': { connectionId: string, channels: string[], positions?: Record<string, ChannelPosition>, recovery?: Record<string, RecoveryResult>, dedupe?: Dedupe }
   /** The server could not fill a gap in the channel: its position is now this, and what the app shows of it must be read again. */
   'channel-reset': { epoch: string, seq: number, reason: string }
   'error': { code: string, message: string }

@@ -85,6 +85,18 @@ export function recordedClient (t: Test, options: Partial<SocketOptions> & { url
   return { socket, errors, states, lines, opens }
 }
 
+/** Fails with `what` instead of hanging until tap's file timeout, if `promise` takes longer than `ms`. */
+export async function within<T> (promise: Promise<T>, what: string, ms = 10_000): Promise<T> {
+  let timer: ReturnType<typeof setTimeout> | undefined
+  try {
+    return await Promise.race([promise, new Promise<never>((_resolve, reject) => {
+      timer = setTimeout(() => reject(new Error(`timed out after ${ms} ms waiting for ${what}`)), ms)
+    })])
+  } finally {
+    clearTimeout(timer)
+  }
+}
+
 /** The rejection of `promise` (fails the test if it resolves). */
 export async function rejection (promise: Promise<unknown>): Promise<SocketError> {
   try {
@@ -102,10 +114,10 @@ export function linesStarting (client: RecordedClient, prefix: string): string[]
 
 /**
  * A raw `ws` server, for a test that needs a server that misbehaves: it sends a hand-made `connected` (on channel
- * `home`, connectionId `raw-<n>` for the n-th connection), records every message, and then does what `behave`
- * says (nothing, by default).
+ * `home`, connectionId `raw-<n>` for the n-th connection, and what `greeting(n)` adds to its param), records every
+ * message, and then does what `behave` says (nothing, by default).
  */
-export async function rawServer (t: Test, behave: (ws: WebSocket, n: number) => void = () => {}): Promise<{ url: string, connections: Seen<WebSocket>, received: Seen<{ n: number, message: Message }> }> {
+export async function rawServer (t: Test, behave: (ws: WebSocket, n: number) => void = () => {}, greeting: (n: number) => Record<string, unknown> = () => ({})): Promise<{ url: string, connections: Seen<WebSocket>, received: Seen<{ n: number, message: Message }> }> {
   const wss = new WebSocketServer({ port: 0, host: '127.0.0.1' })
   await once(wss, 'listening')
   const connections = new Seen<WebSocket>()
@@ -114,7 +126,7 @@ export async function rawServer (t: Test, behave: (ws: WebSocket, n: number) => 
     const n = connections.items.length
     connections.push(ws)
     ws.on('message', (data) => received.push({ n, message: JSON.parse(String(data)) as Message }))
-    ws.send(JSON.stringify({ channel: 'home', cmd: 'connected', param: { connectionId: `raw-${n}`, channels: ['home'] } }))
+    ws.send(JSON.stringify({ channel: 'home', cmd: 'connected', param: { connectionId: `raw-${n}`, channels: ['home'], ...greeting(n) } }))
     behave(ws, n)
   })
   t.after(async () => {
