@@ -48,10 +48,16 @@ export interface CommandDefinition<S extends TSchema = TSchema> {
   /** TypeBox schema for `param`, compiled once; a message that fails it gets FST_SOCKET_INVALID_PARAM. */
   schema?: S
   handler: CommandHandler<Static<S>>
+  /**
+   * `false`: messages with an `id` run every time, and their answers are not kept (a read-only query, whose repeat
+   * is harmless, or one with large answers). Default `true` (docs/server.md#message-dedupe).
+   */
+  dedupe?: boolean
 }
 
 interface Registered {
   handler: CommandHandler
+  dedupe: boolean
   check: ((param: unknown) => string | null) | null
 }
 
@@ -64,6 +70,7 @@ export class CommandRegistry {
     if (isReserved(cmd)) throw new errors.FST_SOCKET_RESERVED_COMMAND(cmd)
     if (this.#commands.has(cmd)) throw new errors.FST_SOCKET_DUPLICATE_COMMAND(cmd)
     if (typeof definition?.handler !== 'function') throw new errors.FST_SOCKET_INVALID_OPTIONS(`command "${cmd}" needs a handler function`)
+    if (definition.dedupe !== undefined && typeof definition.dedupe !== 'boolean') throw new errors.FST_SOCKET_INVALID_OPTIONS(`command "${cmd}": dedupe must be a boolean`)
     let check: Registered['check'] = null
     if (definition.schema !== undefined) {
       const validator = Compile(definition.schema)
@@ -72,7 +79,12 @@ export class CommandRegistry {
         return firstError(validator, param, 'param', 'is invalid')
       }
     }
-    this.#commands.set(cmd, { handler: definition.handler as CommandHandler, check })
+    this.#commands.set(cmd, { handler: definition.handler as CommandHandler, dedupe: definition.dedupe ?? true, check })
+  }
+
+  /** Whether messages of `cmd` with an `id` are deduped: a registered command that did not opt out. */
+  dedupes (cmd: string): boolean {
+    return this.#commands.get(cmd)?.dedupe ?? false
   }
 
   /**

@@ -2,7 +2,6 @@ import type { RawData } from 'ws'
 import { CloseCode, errors, firstError } from './errors.js'
 import { sendError } from './answers.js'
 import type { Dedupe } from './dedupe.js'
-import { isReserved } from './protocol.js'
 import { assertChannel, decode, envelope, type DecodeError } from './codec.js'
 import { MessageContext, type CommandRegistry } from './commands.js'
 import type { BinaryHandler, Connection } from './connection.js'
@@ -74,7 +73,8 @@ export class Inbound {
       return
     }
     // An application command with an id runs at most once within the window; the record answers its repeats.
-    if (message.id !== undefined && this.#dedupe !== null && !isReserved(message.cmd)) {
+    // Reserved commands are no application's, and are handled every time.
+    if (message.id !== undefined && this.#dedupe !== null && this.#commands.dedupes(message.cmd)) {
       this.#dedupe.handle(conn, message as InboundMessage & { id: string }, () => this.#dispatch(conn, message))
       return
     }

@@ -305,3 +305,24 @@ t.test('Resender: the window less its margin (a tenth, at most 5 s); what counts
   t.equal(resender.id('ping'), undefined)
   t.equal(resender.id('echo'), `${resender.instance}.1`)
 })
+
+t.test('against forge-socket itself (memory broker): a request whose answer was lost with the connection is sent again, answered from the record, and ran once', async (t) => {
+  const { serve, sign } = await import('./helpers/server.js')
+  let runs = 0
+  const { base } = await serve(t, {}, (app) => {
+    // Applies, then loses the connection before the answer can go out.
+    app.socket.command('apply-then-drop', {
+      handler: (_param, ctx) => {
+        runs++
+        app.socket.disconnect(ctx.connection.id, 1001)
+        return { runs }
+      }
+    })
+  })
+  const { socket, lines } = client(t, { url: `${base}/ws/lobby`, token: sign({ sub: 'ann' }) })
+  await within(inState(socket, 'open'), 'the first connection')
+  const answer = await within(socket.request('room-lobby', 'apply-then-drop', null), 'the answer')
+  t.same(answer, { runs: 1 }, 'the first run\'s answer, from the record')
+  t.equal(runs, 1, 'the handler ran once')
+  t.ok(lines.items.some((line) => line.includes('resend 1')), 'sent again after the reconnection')
+})

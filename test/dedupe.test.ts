@@ -47,6 +47,7 @@ async function server (t: Parameters<typeof serve>[0], options: ForgeSocketOptio
       }
     })
     app.socket.command('big', { handler: () => ({ text: 'x'.repeat(200), runs: count('big') }) })
+    app.socket.command('query', { dedupe: false, handler: () => ({ runs: count('query') }) })
   })
   return { app, base, runs, gates }
 }
@@ -233,6 +234,19 @@ test('reserved commands ignore the id: each runs', async (t) => {
   const pong = client.next((m) => m.ref === 'p')
   client.send({ channel: 'room-lobby', cmd: 'ping', param: null, id: 'r.1', ref: 'p' })
   t.equal((await pong).cmd, 'pong')
+  client.close()
+})
+
+test('a command registered with dedupe: false runs every time, ids or not; an unknown command is refused as before', async (t) => {
+  const { app, base, runs } = await server(t)
+  const { client } = await connect(`${base}/ws/lobby`, ANN)
+  t.same((await ask(client, { cmd: 'query', id: 'q.1' }, 'q1')).param, { runs: 1 })
+  const again = await ask(client, { cmd: 'query', id: 'q.1' }, 'q2')
+  t.same([again.param, again.dup], [{ runs: 2 }, undefined])
+  t.equal(runs.get('query'), 2)
+  t.match(await ask(client, { cmd: 'nope', id: 'q.2' }, 'q3'), { cmd: 'error', param: { code: 'FST_SOCKET_UNKNOWN_COMMAND' } })
+  t.equal(app.socket.status().dedupe?.entries, 0, 'nothing was kept')
+  t.throws(() => app.socket.command('odd', { dedupe: 'no' as unknown as boolean, handler: () => null }), { code: 'FST_SOCKET_INVALID_OPTIONS' })
   client.close()
 })
 

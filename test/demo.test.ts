@@ -80,7 +80,7 @@ t.test('notifications: to one user, to everyone, and system updates to several c
   const bob = await connect(`${base}/ws/notifications`, await login('bob'))
   const annChat = await connect(`${base}/ws/chat/general`, annToken)
   const param = ann.connected.param as { connectionId: string, positions: Record<string, { epoch: string }> }
-  t.same(param, { connectionId: param.connectionId, channels: ['user-ann'], positions: { 'user-ann': { epoch: param.positions['user-ann']?.epoch, seq: 0 } } },
+  t.same(param, { connectionId: param.connectionId, channels: ['user-ann'], dedupe: { window: 120000, scope: 'user' }, positions: { 'user-ann': { epoch: param.positions['user-ann']?.epoch, seq: 0 } } },
     'a user\'s notifications keep history: the position comes with connected')
 
   const auth = { authorization: `Bearer ${annToken}` }

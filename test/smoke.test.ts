@@ -9,7 +9,7 @@ t.test('connects, gets connected, broadcast reaches member', async (t) => {
   const base = await listen(app)
   const { client, connected } = await connect(`${base}/ws/room/a`, sign({ sub: 'ann' }))
   t.equal(connected.cmd, 'connected')
-  t.same(connected.param, { connectionId: app.socket.connections()[0]?.id, channels: ['room-a'] })
+  t.same(connected.param, { connectionId: app.socket.connections()[0]?.id, channels: ['room-a'], dedupe: { window: 120000, scope: 'user' } })
   app.socket.broadcast('room-a', { cmd: 'hello', param: { x: 1 } })
   const m = await client.next('hello')
   t.same(m, { channel: 'room-a', cmd: 'hello', param: { x: 1 }, seq: 1 })
