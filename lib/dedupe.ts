@@ -70,7 +70,17 @@ export class LocalCommandStore implements CommandStore {
   }
 
   finishCommand (scope: string, id: string, answer: string, window: number): void {
-    this.#put(keyOf(scope, id), answer, window)
+    const key = keyOf(scope, id)
+    const entry = this.#entries.get(key)
+    if (entry === undefined || entry.answer !== null) return this.#put(key, answer, window)
+    // The pending entry becomes the answer where it is in the order: one object per id, not two. Entries behind it
+    // with an earlier end are then dropped when it is (or when a bound is reached); each is checked when read.
+    const bytes = ENTRY_OVERHEAD + key.length + answer.length
+    this.#bytes += bytes - entry.bytes
+    entry.answer = answer
+    entry.bytes = bytes
+    entry.expires = this.#now() + window
+    this.#bound()
   }
 
   releaseCommand (scope: string, id: string): void {
@@ -98,11 +108,16 @@ export class LocalCommandStore implements CommandStore {
     this.#entries.set(key, entry)
     this.#order.push(entry)
     this.#bytes += entry.bytes
+    this.#bound()
+  }
+
+  /** Drops the oldest entries while a bound is passed, and the order's dead head once it is half the array. */
+  #bound (): void {
     while (this.#entries.size > this.#maxEntries || this.#bytes > this.#maxBytes) {
       this.#delete(this.#oldest() as Entry)
       this.#evictions++
     }
-    // The order's dead head goes once it is half the array: each entry is copied once on average.
+    // Each entry is copied once on average.
     if (this.#head > 1024 && this.#head * 2 > this.#order.length) {
       this.#order = this.#order.slice(this.#head)
       this.#head = 0
@@ -216,10 +231,14 @@ export class Dedupe {
     } catch (err) {
       return this.#unavailable(conn, message, err)
     }
+    // Answered at once (the in-process record): nothing else can arrive before the run, which goes in flight only
+    // if it does not answer at once either.
+    if (!isThenable(claimed)) {
+      if (claimed === null) return this.#run(conn, message, scope, key, run)
+      return this.#existing(conn, message, scope, claimed, run)
+    }
     // In flight from here, so that a duplicate arriving while the claim is answered waits for this run.
-    const mine: InFlight = { waiters: [], timer: undefined }
-    this.#inFlight.set(key, mine)
-    if (!isThenable(claimed)) return this.#claimed(conn, message, scope, key, mine, claimed, run)
+    const mine = this.#underWay(key)
     claimed.then((record) => this.#claimed(conn, message, scope, key, mine, record, run), (err: unknown) => {
       const waiters = [{ conn, message, run }, ...mine.waiters]
       mine.waiters = []
@@ -249,6 +268,7 @@ export class Dedupe {
       return this.#failed(conn, message, scope, key, err)
     }
     if (isThenable(result)) {
+      this.#underWay(key)
       result.then((value) => this.#succeeded(conn, message, scope, key, value), (err: unknown) => this.#failed(conn, message, scope, key, err))
     } else {
       this.#succeeded(conn, message, scope, key, result)
@@ -279,6 +299,7 @@ export class Dedupe {
     }
     // The answer goes out once it is kept: a client that lost it and retries (on any node) then finds it.
     if (!isThenable(stored)) return done()
+    this.#underWay(key)
     stored.then(done, (err: unknown) => {
       conn.log.error({ err }, NOT_KEPT)
       done()
@@ -330,6 +351,16 @@ export class Dedupe {
       inFlight.timer = undefined
       for (const late of waiters) sendAnswer(late.conn, late.message, inProgress(late.message.id))
     }, this.#settings.lease).unref()
+  }
+
+  /** Marks the run of `key` as under way (once): repeats that arrive until it answers wait for it. */
+  #underWay (key: string): InFlight {
+    let inFlight = this.#inFlight.get(key)
+    if (inFlight === undefined) {
+      inFlight = { waiters: [], timer: undefined }
+      this.#inFlight.set(key, inFlight)
+    }
+    return inFlight
   }
 
   /** The run under way for `key` is over: its waiters, to be answered. */

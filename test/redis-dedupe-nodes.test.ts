@@ -100,6 +100,8 @@ if (requireRedis(t)) {
     const world: World = { runs: 0, gates: [] }
     const a = await node(t, redis, world, { dedupe: { lease: 500 } })
     const onA = await connect(`${a.base}/ws/lobby`, ANN)
+    // Answered once the connection is open (its channel joined, through Redis): only then is Redis taken away.
+    await onA.client.request('room-lobby', 'ping', null)
     await redis.kill()
     const refused = await ask(onA.client, 'apply', 'inst.4', 'u1')
     t.match(refused, { cmd: 'error', ref: 'u1', param: { code: 'FST_SOCKET_DEDUPE_UNAVAILABLE' } })
