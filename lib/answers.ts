@@ -16,6 +16,10 @@ export function replyAnswer (value: unknown): string {
 /** The `error` answer a client is given for `err`: its code, or FST_SOCKET_HANDLER_FAILED (toClientError). */
 export function errorAnswer (err: unknown): string {
   const { code, message } = toClientError(err)
+  return errorText(code, message)
+}
+
+function errorText (code: string, message: string): string {
   return `{"cmd":"error","param":${JSON.stringify({ code, message })}}`
 }
 
@@ -36,7 +40,12 @@ export function sendError (conn: Connection, channel: string, ref: string | unde
   const { exposed, code, message } = toClientError(err)
   if (exposed) conn.debug({ code }, 'message refused')
   else conn.log.error({ err }, 'command handler failed')
-  const answer = `{"cmd":"error","param":${JSON.stringify({ code, message })}}`
+  const answer = errorText(code, message)
   conn.sendFrame(answerFrame(channel, answer, ref, false))
   return answer
+}
+
+/** Whether a handler's answer is a promise (or any thenable) to wait for, rather than the value itself. */
+export function isThenable<T> (value: T | PromiseLike<T>): value is PromiseLike<T> {
+  return typeof value === 'object' && value !== null && typeof (value as { then?: unknown }).then === 'function'
 }

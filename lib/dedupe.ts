@@ -1,5 +1,5 @@
 import { errors } from './errors.js'
-import { answerFrame, errorAnswer, replyAnswer, sendError } from './answers.js'
+import { answerFrame, errorAnswer, isThenable, replyAnswer, sendError } from './answers.js'
 import { ConnectionState, type Connection } from './connection.js'
 import type { Broker, CommandRecord } from './broker/broker.js'
 import type { InboundMessage } from '../schemas/envelope.js'
@@ -390,8 +390,4 @@ function sendAnswer (conn: Connection, message: InboundMessage & { id: string },
 function hasCommandStore (broker: Broker): broker is Broker & CommandStore {
   return typeof broker.claimCommand === 'function' && typeof broker.commandRecord === 'function' &&
     typeof broker.finishCommand === 'function' && typeof broker.releaseCommand === 'function'
-}
-
-function isThenable<T> (value: T | PromiseLike<T>): value is PromiseLike<T> {
-  return typeof value === 'object' && value !== null && typeof (value as { then?: unknown }).then === 'function'
 }

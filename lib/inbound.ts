@@ -1,6 +1,6 @@
 import type { RawData } from 'ws'
 import { CloseCode, errors, firstError } from './errors.js'
-import { sendError } from './answers.js'
+import { isThenable, sendError } from './answers.js'
 import type { Dedupe } from './dedupe.js'
 import { assertChannel, decode, envelope, type DecodeError } from './codec.js'
 import { MessageContext, type CommandRegistry } from './commands.js'
@@ -205,8 +205,4 @@ export class Inbound {
     }
     return true
   }
-}
-
-function isThenable (value: unknown): value is PromiseLike<unknown> {
-  return typeof value === 'object' && value !== null && typeof (value as { then?: unknown }).then === 'function'
 }
