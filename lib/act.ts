@@ -2,7 +2,7 @@ import { AsyncLocalStorage } from 'node:async_hooks'
 import type { ServerResponse } from 'node:http'
 import type { Socket } from 'node:net'
 import type { Duplex } from 'node:stream'
-import type { FastifyBaseLogger, FastifyInstance, FastifyRequest, RouteShorthandOptions } from 'fastify'
+import type { FastifyBaseLogger, FastifyInstance, FastifyReply, FastifyRequest, RouteShorthandOptions } from 'fastify'
 import type { WebSocket } from 'ws'
 import { errors, withRetryAfter } from './errors.js'
 import { assertChannel } from './codec.js'
@@ -118,6 +118,8 @@ export type ActRouteOptions = RouteShorthandOptions & {
 export interface UpgradeGate {
   readonly closing: boolean
   admit (what: 'IP address' | 'user', key: string | null): void
+  /** An upgrade refused before it happened, with what was thrown (counted by status). */
+  refused (err: unknown): void
   accept (socket: WebSocket, plan: UpgradePlan, stream: Duplex | null): void
 }
 
@@ -131,32 +133,40 @@ type UpgradingRequest = FastifyRequest & { [kPlan]?: UpgradePlan, [kResponse]?: 
  */
 export function actRoute (gate: UpgradeGate, auth: Authenticator, origins: readonly string[] | undefined, name: string, handler: ActHandler<Profile | null>, options: ActOptions): ActRouteOptions {
   const required = (options.auth ?? 'required') === 'required'
+  async function decide (this: FastifyInstance, request: FastifyRequest, reply: FastifyReply): Promise<void> {
+    // A node that is going away sends its clients elsewhere soon: they may try again in a second. (Checked
+    // first: once closing, @fastify/websocket no longer upgrades, and `request.ws` is false.)
+    if (gate.closing) throw withRetryAfter(new errors.FST_SOCKET_SHUTTING_DOWN(), 1000)
+    if (!request.ws) throw new errors.FST_SOCKET_UPGRADE_REQUIRED()
+    checkOrigin(request, origins)
+    // Before authenticate: this refusal needs no token, and verifying one may cost a JWKS fetch.
+    gate.admit('IP address', request.ip as string | null)
+    // A malformed position to recover from is refused before anything is verified or run.
+    const since = parseSince((request.query as Record<string, unknown> | undefined)?.since)
+    const { profile, payload } = await auth.authenticate(request, required)
+    gate.admit('user', profile?.id ?? null)
+    const ps = new PageState(name, request, profile, payload, options.onBinary)
+    // On a route whose auth is required, authenticate has refused every request without a profile.
+    await runAct(ps, () => handler(this, ps))
+    if (ps.plan === null) throw new errors.FST_SOCKET_NOT_UPGRADED(name)
+    ps.plan.since = since
+    const upgrading = request as UpgradingRequest
+    upgrading[kPlan] = ps.plan
+    upgrading[kResponse] = reply.raw
+    // The upgrade completes in this tick: ws's 101 answer and the `connected` frame then leave in one write
+    // (one system call instead of two). Under `app.injectWS` there is no TCP socket, and nothing to cork.
+    const tcp = request.raw.socket as Socket | undefined
+    if (tcp !== undefined) corkTick(tcp)
+  }
   return {
     websocket: true,
     async preValidation (request, reply) {
-      // A node that is going away sends its clients elsewhere soon: they may try again in a second. (Checked
-      // first: once closing, @fastify/websocket no longer upgrades, and `request.ws` is false.)
-      if (gate.closing) throw withRetryAfter(new errors.FST_SOCKET_SHUTTING_DOWN(), 1000)
-      if (!request.ws) throw new errors.FST_SOCKET_UPGRADE_REQUIRED()
-      checkOrigin(request, origins)
-      // Before authenticate: this refusal needs no token, and verifying one may cost a JWKS fetch.
-      gate.admit('IP address', request.ip as string | null)
-      // A malformed position to recover from is refused before anything is verified or run.
-      const since = parseSince((request.query as Record<string, unknown> | undefined)?.since)
-      const { profile, payload } = await auth.authenticate(request, required)
-      gate.admit('user', profile?.id ?? null)
-      const ps = new PageState(name, request, profile, payload, options.onBinary)
-      // On a route whose auth is required, authenticate has refused every request without a profile.
-      await runAct(ps, () => handler(this, ps))
-      if (ps.plan === null) throw new errors.FST_SOCKET_NOT_UPGRADED(name);
-      ps.plan.since = since
-      const upgrading = request as UpgradingRequest
-      upgrading[kPlan] = ps.plan
-      upgrading[kResponse] = reply.raw
-      // The upgrade completes in this tick: ws's 101 answer and the `connected` frame then leave in one write
-      // (one system call instead of two). Under `app.injectWS` there is no TCP socket, and nothing to cork.
-      const tcp = request.raw.socket as Socket | undefined
-      if (tcp !== undefined) corkTick(tcp)
+      try {
+        await decide.call(this, request, reply)
+      } catch (err) {
+        gate.refused(err)
+        throw err
+      }
     },
     handler (socket, request) {
       const upgraded = request as UpgradingRequest

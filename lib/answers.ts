@@ -1,5 +1,5 @@
 import { toClientError } from './errors.js'
-import { textFrame } from './frame.js'
+import { headerLength, textFrame } from './frame.js'
 import type { Connection } from './connection.js'
 
 /**
@@ -41,7 +41,9 @@ export function sendError (conn: Connection, channel: string, ref: string | unde
   if (exposed) conn.debug({ code }, 'message refused')
   else conn.log.error({ err }, 'command handler failed')
   const answer = errorText(code, message)
-  conn.sendFrame(answerFrame(channel, answer, ref, false))
+  const frame = answerFrame(channel, answer, ref, false)
+  conn.observer.error(conn, channel, code, frame.length - headerLength(frame))
+  conn.sendFrame(frame)
   return answer
 }
 

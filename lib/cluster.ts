@@ -386,11 +386,15 @@ export class Cluster {
   }
 
   #publish (message: BrokerMessage): Promise<void> | void {
+    const observer = this.#hub.observer
+    const started = observer.metrics === null ? 0 : performance.now()
     try {
       const result = this.#broker.publish(message)
       if (result instanceof Promise) {
-        return result.catch((err: unknown) => { this.#log.error({ err, type: message.type }, 'broker publish failed') })
+        const published = started === 0 ? result : result.then(() => { observer.published((performance.now() - started) / 1000) })
+        return published.catch((err: unknown) => { this.#log.error({ err, type: message.type }, 'broker publish failed') })
       }
+      if (started !== 0) observer.published((performance.now() - started) / 1000)
     } catch (err) {
       this.#log.error({ err, type: message.type }, 'broker publish failed')
     }

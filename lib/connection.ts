@@ -10,6 +10,7 @@ import { TokenBucket, WindowCounter } from './limits.js'
 import type { Profile, ResolvedOptions, TokenPayload } from './options.js'
 import type { Deadlined } from './deadlines.js'
 import type { StreamPosition } from './broker/broker.js'
+import type { Observer } from './observer.js'
 
 /** The options a connection reads: its inbound limits and its send buffer's. */
 export type ConnectionLimits = Pick<ResolvedOptions, 'rateLimit' | 'subscribeRate' | 'badFrames' | 'sendBufferLimit' | 'heartbeat'>
@@ -104,6 +105,8 @@ export interface ConnectionInit {
   log: FastifyBaseLogger
   onBinary: BinaryHandler | undefined
   limits: ConnectionLimits
+  /** The node's metrics and taps (lib/observer.ts). */
+  observer: Observer
 }
 
 function dropIfOpen (conn: Connection): void {
@@ -133,6 +136,9 @@ export class Connection implements Deadlined {
   readonly ip: string
   /** The route's binary frame handler (without one, a binary frame closes the connection with 1003). */
   readonly onBinary: BinaryHandler | undefined
+  readonly observer: Observer
+  /** The close code this side sent, once it started a close (0 before). */
+  closeCode = 0
   state: ConnectionStateValue = ConnectionState.OPENING
   /** Set when a ping goes out, cleared by any traffic from the peer (heartbeat). */
   awaitingPong = false
@@ -171,6 +177,7 @@ export class Connection implements Deadlined {
     this.#metadata = init.metadata
     this.home = init.home
     this.onBinary = init.onBinary
+    this.observer = init.observer
     this.#parentLog = init.log
   }
 
@@ -265,7 +272,9 @@ export class Connection implements Deadlined {
 
   /** Encodes and sends one message to this connection alone. */
   send (message: OutboundMessage): boolean {
-    return this.sendFrame(textFrame(encode(message)), message.channel, message.seq)
+    const frame = textFrame(encode(message))
+    if (this.observer.tapping) this.observer.sent(this, message.channel, message.cmd, frame.length - headerLength(frame), message.param)
+    return this.sendFrame(frame, message.channel, message.seq)
   }
 
   /**
@@ -319,6 +328,7 @@ export class Connection implements Deadlined {
     if (!isSendableCloseCode(code)) throw new errors.FST_SOCKET_INVALID_CLOSE_CODE(code)
     if (this.state === ConnectionState.CLOSING || this.state === ConnectionState.CLOSED) return
     this.state = ConnectionState.CLOSING
+    this.closeCode = code
     this.#socket.close(code, closeReason(reason))
   }
 

@@ -261,6 +261,7 @@ export class Dedupe {
 
   /** The first run: its answer kept, then sent to it and to the duplicates that waited. */
   #run (conn: Connection, message: InboundMessage & { id: string }, scope: string, key: string, run: () => unknown): void {
+    conn.observer.dedupe('run')
     let result: unknown
     try {
       result = run()
@@ -327,7 +328,7 @@ export class Dedupe {
     // The last look is at the deadline itself: a record whose lease ended by then (its node died) is this one's to run.
     const poll = (): void => {
       const left = deadline - Date.now()
-      if (left <= 0) return sendAnswer(conn, message, inProgress(message.id))
+      if (left <= 0) return sendAnswer(conn, message, inProgress(message.id), 'in_progress')
       setTimeout(() => {
         if (conn.state === ConnectionState.CLOSED) return
         Promise.resolve().then(() => this.#store.commandRecord(scope, message.id)).then((found) => {
@@ -349,7 +350,7 @@ export class Dedupe {
       const waiters = inFlight.waiters
       inFlight.waiters = []
       inFlight.timer = undefined
-      for (const late of waiters) sendAnswer(late.conn, late.message, inProgress(late.message.id))
+      for (const late of waiters) sendAnswer(late.conn, late.message, inProgress(late.message.id), 'in_progress')
     }, this.#settings.lease).unref()
   }
 
@@ -373,6 +374,7 @@ export class Dedupe {
 
   #unavailable (conn: Connection, message: InboundMessage, err: unknown): void {
     conn.log.warn({ err }, 'the record of handled commands cannot be reached: a command with an id is refused')
+    conn.observer.dedupe('unavailable')
     sendError(conn, message.channel, message.ref, new errors.FST_SOCKET_DEDUPE_UNAVAILABLE())
   }
 }
@@ -382,7 +384,8 @@ function inProgress (id: string): string {
 }
 
 /** A duplicate's answer: the kept one, with the duplicate's own `ref` and `dup: true` (none without a `ref`). */
-function sendAnswer (conn: Connection, message: InboundMessage & { id: string }, answer: string): void {
+function sendAnswer (conn: Connection, message: InboundMessage & { id: string }, answer: string, outcome: 'duplicate' | 'in_progress' = 'duplicate'): void {
+  conn.observer.dedupe(outcome)
   conn.debug({ id: message.id }, 'a repeated message id: answered, not run')
   if (message.ref !== undefined) conn.sendFrame(answerFrame(message.channel, answer, message.ref, true))
 }

@@ -1,9 +1,10 @@
 import { ChannelRegistry, type Channel, type MembershipChange } from './channels.js'
 import { ConnectionState, type Connection, type ConnectionInfo } from './connection.js'
 import { encode, envelope } from './codec.js'
-import { textFrame } from './frame.js'
+import { headerLength, textFrame } from './frame.js'
 import type { NodeCounts, PresenceEntry } from './broker/broker.js'
 import type { OutboundMessage } from '../schemas/envelope.js'
+import { Observer } from './observer.js'
 
 /** What `channels()` reports for each channel of this node. */
 export interface ChannelInfo {
@@ -29,11 +30,19 @@ export interface DirectMessage {
  * twice on its way out or in.
  */
 export class Hub {
+  /** The node's metrics and taps: told of every join, leave and delivery here. */
+  readonly observer: Observer
   readonly #connections = new Map<string, Connection>()
   readonly #channels = new ChannelRegistry()
   /** What the connections that have closed had counted. */
   #closedIn = 0
   #closedOut = 0
+  #closedBytesIn = 0
+  #closedBytesOut = 0
+
+  constructor (observer = new Observer()) {
+    this.observer = observer
+  }
 
   get size (): number {
     return this.#connections.size
@@ -56,6 +65,8 @@ export class Hub {
     if (!this.#connections.delete(conn.id)) return
     this.#closedIn += conn.messagesIn
     this.#closedOut += conn.messagesOut
+    this.#closedBytesIn += conn.bytesIn
+    this.#closedBytesOut += conn.bytesOut
   }
 
   channel (name: string): Channel | undefined {
@@ -66,12 +77,16 @@ export class Hub {
   join (conn: Connection, channel: string): MembershipChange | null {
     // A connection that closed while a hook was still joining it somewhere must not be left behind in a channel.
     if (conn.state === ConnectionState.CLOSED) return null
-    return this.#channels.join(conn, channel)
+    const change = this.#channels.join(conn, channel)
+    if (change !== null) this.observer.joined(conn, channel)
+    return change
   }
 
   /** Removes a connection from a channel; null when it was not a member. */
   leave (conn: Connection, channel: string): MembershipChange | null {
-    return this.#channels.leave(conn, channel)
+    const change = this.#channels.leave(conn, channel)
+    if (change !== null) this.observer.left(conn, channel)
+    return change
   }
 
   /**
@@ -97,6 +112,7 @@ export class Hub {
     for (const member of channel.members) {
       if (member.id !== except && member.sendFrame(frame, name, numbered.seq)) delivered++
     }
+    this.observer.delivered(name, message.cmd, frame.length - headerLength(frame), delivered, message.param)
     return delivered
   }
 
@@ -121,6 +137,17 @@ export class Hub {
       closed++
     }
     return closed
+  }
+
+  /** The bytes of every message in and out since the node started (the metrics read them when collected). */
+  bytes (): { in: number, out: number } {
+    let bytesIn = this.#closedBytesIn
+    let bytesOut = this.#closedBytesOut
+    for (const conn of this.#connections.values()) {
+      bytesIn += conn.bytesIn
+      bytesOut += conn.bytesOut
+    }
+    return { in: bytesIn, out: bytesOut }
   }
 
   /** This node's counts: its open connections and channels, and the messages in and out since it started. */

@@ -67,6 +67,7 @@ export class Inbound {
       sendError(conn, conn.home, (err as DecodeError).ref, err)
       return
     }
+    if (conn.observer.tapping) conn.observer.received(conn, message.channel, message.cmd, bytes.length, message.param)
     // `pong` is the whole answer to a ping: going through #settle would add a second one (a `reply` with the ref).
     if (message.cmd === 'ping') {
       conn.send(envelope(message.channel, 'pong', null, message.ref))

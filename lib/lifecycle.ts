@@ -158,6 +158,12 @@ export class Lifecycle {
     if (!(ip ? this.#perIp : this.#perUser).allows(key)) throw withRetryAfter(new errors.FST_SOCKET_TOO_MANY_CONNECTIONS(what), FULL_RETRY_AFTER)
   }
 
+  /** An upgrade refused before it happened: counted by the status it was refused with. */
+  refused (err: unknown): void {
+    const status = (err as { statusCode?: unknown }).statusCode
+    this.#hub.observer.handshake(typeof status === 'number' ? String(status) : '500')
+  }
+
   /** Takes an upgraded socket: a Connection, listening before any await, told `connected`, then opened. */
   accept (socket: WebSocket, plan: UpgradePlan, stream: Duplex | null): void {
     const tagged = socket as TaggedSocket
@@ -184,7 +190,8 @@ export class Lifecycle {
       ip: plan.ip,
       log: plan.logger,
       onBinary: plan.onBinary,
-      limits: this.#options
+      limits: this.#options,
+      observer: this.#hub.observer
     })
     // Listeners go on before any await, so frames that arrive while the connection is registered wait in
     // `pending` instead of being lost.
@@ -194,6 +201,8 @@ export class Lifecycle {
     socket.on('ping', socketOnPing)
     socket.on('close', socketOnClose)
     this.#hub.add(conn)
+    this.#hub.observer.handshake('accepted')
+    this.#hub.observer.opened(conn)
     this.#expiry.arm(conn, plan.payload?.exp)
     // Through the upgrade's logger: the connection's own is made only when something logs through it.
     plan.logger.debug({ connId: id, channel: plan.channel }, 'connection open')
@@ -293,6 +302,7 @@ export class Lifecycle {
       upTo.set(channel, catchUp.position.seq)
       if (catchUp.recovery === null) return
       recovery[channel] = catchUp.recovery
+      this.#hub.observer.recovery(catchUp.recovery.recovered ? 'recovered' : catchUp.recovery.reason ?? 'not-recovered')
       for (const message of catchUp.replay) replay.push(message)
     })
     const param = this.#connectedParam(conn)
@@ -315,6 +325,7 @@ export class Lifecycle {
     this.#perUser.remove(conn.profileId)
     this.#expiry.delete(conn)
     conn.debug({ code }, 'connection closed')
+    this.#hub.observer.closed(conn, code)
     if (this.#hub.size === 0) this.#drained?.()
     // Each step fails alone: a broker error must not keep the connection in its other channels (a leak), and one
     // application hook must not stop the others.

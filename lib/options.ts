@@ -110,6 +110,15 @@ export interface ForgeSocketOptions {
    * dedupe: { window: 300_000, lease: 60_000 }
    */
   dedupe?: false | DedupeOptions
+  /**
+   * Prometheus metrics, with prom-client (installed by the app): `true` registers them on prom-client's default
+   * registry, or give the registry and the names' prefix (default `forge_socket_`). Off by default.
+   * docs/observability.md.
+   *
+   * @example
+   * metrics: { registry: new Registry() }
+   */
+  metrics?: boolean | MetricsOptions
   /** Decides client `subscribe` requests. Default: deny every one. */
   authorizeChannel?: (profile: Profile | null, channel: string) => boolean | Promise<boolean>
 }
@@ -154,6 +163,26 @@ export interface DedupeOptions {
   maxAnswerBytes?: number
 }
 
+/** The `metrics` option. */
+export interface MetricsOptions {
+  /** A prom-client `Registry` (default: prom-client's default `register`). */
+  registry?: MetricsRegistry
+  /** Prefix of every metric's name (default `forge_socket_`). */
+  prefix?: string
+}
+
+/** What forge-socket uses of a prom-client `Registry`. */
+export interface MetricsRegistry {
+  registerMetric: (metric: never) => void
+  removeSingleMetric: (name: string) => void
+}
+
+/** The `metrics` option, resolved. */
+export interface MetricsSettings {
+  registry: MetricsRegistry | undefined
+  prefix: string
+}
+
 /** The `dedupe` option, resolved: every field set. */
 export type DedupeSettings = Required<DedupeOptions>
 
@@ -168,6 +197,8 @@ export interface ResolvedOptions extends Omit<OptionsData, 'auth' | 'presence' |
   presence: Readonly<ResolvedPresence>
   /** The dedupe settings, or null: ids are not checked. */
   dedupe: Readonly<DedupeSettings> | null
+  /** The metrics settings, or null: no metrics. */
+  metrics: Readonly<MetricsSettings> | null
   /** A channel's history settings, or null: it keeps none. */
   history: (channel: string) => Readonly<HistorySettings> | null
   /** `history` was set: some channels may keep history, and connections say where they stand in them. */
@@ -179,6 +210,21 @@ export interface ResolvedOptions extends Omit<OptionsData, 'auth' | 'presence' |
 }
 
 const checker = Compile(OptionsSchema)
+
+/** `metrics` → its settings; FST_SOCKET_INVALID_OPTIONS when they are wrong. */
+function resolveMetrics (input: unknown): Readonly<MetricsSettings> | null {
+  if (input === undefined || input === false) return null
+  if (input === true) return Object.freeze({ registry: undefined, prefix: 'forge_socket_' })
+  if (typeof input !== 'object' || input === null || Array.isArray(input)) throw new errors.FST_SOCKET_INVALID_OPTIONS('/metrics must be a boolean or { registry, prefix }')
+  const { registry, prefix = 'forge_socket_', ...extra } = input as MetricsOptions
+  const unknown = Object.keys(extra)[0]
+  if (unknown !== undefined) throw new errors.FST_SOCKET_INVALID_OPTIONS(`/metrics/${unknown} is not an option`)
+  if (registry !== undefined && (typeof registry?.registerMetric !== 'function' || typeof registry.removeSingleMetric !== 'function')) {
+    throw new errors.FST_SOCKET_INVALID_OPTIONS('/metrics/registry must be a prom-client Registry')
+  }
+  if (typeof prefix !== 'string' || !/^[A-Za-z_:][A-Za-z0-9_:]*$/.test(prefix)) throw new errors.FST_SOCKET_INVALID_OPTIONS('/metrics/prefix must be a Prometheus name prefix ([A-Za-z_:][A-Za-z0-9_:]*)')
+  return Object.freeze({ registry, prefix })
+}
 const historyChecker = Compile(HistorySchema)
 
 /** History options → settings, every field set; FST_SOCKET_INVALID_OPTIONS naming `where` when they are wrong. */
@@ -267,7 +313,7 @@ function splitPresence (presence: unknown): { data: unknown, announce: ((channel
  */
 export function resolveOptions (input: ForgeSocketOptions = {}): Readonly<ResolvedOptions> {
   // Functions and the broker instance are checked here, not cloned into the data the schema validates.
-  const { authorizeChannel, broker = 'memory', auth = {}, jwt, presence: presenceInput, history, ...rest } = input
+  const { authorizeChannel, broker = 'memory', auth = {}, jwt, presence: presenceInput, history, metrics, ...rest } = input
   const { profile = defaultProfile, ...authData } = auth
   const presence = splitPresence(presenceInput)
   // Value.Clone, not structuredClone: a function or symbol under a wrong key must fail the schema check with its
@@ -309,6 +355,7 @@ export function resolveOptions (input: ForgeSocketOptions = {}): Readonly<Resolv
     broker: resolvedBroker,
     history: resolvedHistory,
     dedupe,
+    metrics: resolveMetrics(metrics),
     historyEnabled: history !== false && history !== undefined,
     authorizeChannel: authorizeChannel ?? denyAll
   }

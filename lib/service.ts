@@ -12,6 +12,9 @@ import { Cluster, type ClusterStatus } from './cluster.js'
 import { Expiry } from './expiry.js'
 import { Inbound } from './inbound.js'
 import { Dedupe, type DedupeCounts } from './dedupe.js'
+import type { Observer } from './observer.js'
+import { kAdmin } from './symbols.js'
+import { registerMetrics, type NodeMetrics } from './metrics.js'
 import { Lifecycle, type CloseHook, type OpenHook } from './lifecycle.js'
 import { actRoute, currentPageState, type ActHandler, type ActOptions, type ActRouteOptions, type UpgradeTicket } from './act.js'
 import type { Authenticator } from './auth.js'
@@ -22,6 +25,12 @@ import type { ServerMessageData } from '../schemas/envelope.js'
 export type { ChannelInfo } from './hub.js'
 export type { ClusterStatus } from './cluster.js'
 export type { CloseHook, OpenHook } from './lifecycle.js'
+
+/** What the admin plugin is given of the node (`[kAdmin]()`). */
+export interface AdminAccess {
+  auth: Authenticator
+  observer: Observer
+}
 
 /** What `status()` reports: this node's counts. */
 export interface SocketStatus extends NodeCounts {
@@ -49,6 +58,7 @@ export class SocketService {
   readonly #cluster: Cluster
   readonly #lifecycle: Lifecycle
   readonly #dedupe: Dedupe | null
+  #metrics: NodeMetrics | null = null
 
   /**
    * @param ownWebsocket forge-socket registered @fastify/websocket itself (with its default error handler), so the
@@ -69,7 +79,16 @@ export class SocketService {
    * the node degraded until it is; with `waitForBroker`, the start waits that long for it, then refuses.
    */
   async start (): Promise<void> {
-    await this.#cluster.start(this.#options.waitForBroker)
+    if (this.#options.metrics !== null) {
+      this.#metrics = await registerMetrics(this.#options.metrics, { hub: this.#hub, health: () => this.#cluster.health })
+      this.#hub.observer.metrics = this.#metrics.recorder
+    }
+    try {
+      await this.#cluster.start(this.#options.waitForBroker)
+    } catch (err) {
+      this.#metrics?.remove()
+      throw err
+    }
     this.#lifecycle.start()
   }
 
@@ -223,6 +242,11 @@ export class SocketService {
     this.#lifecycle.onClose(hook)
   }
 
+  /** What the admin plugin (lib/admin/) uses of this node: token checks as for act routes, and the taps. */
+  [kAdmin] (): AdminAccess {
+    return { auth: this.#auth, observer: this.#hub.observer }
+  }
+
   /** Counts for this node. */
   status (): SocketStatus {
     const status: SocketStatus = { node: this.nodeId, closing: this.#lifecycle.closing, broker: this.#cluster.health, ...this.#hub.counts() }
@@ -297,5 +321,8 @@ export class SocketService {
   async stop (): Promise<void> {
     await this.#lifecycle.stop()
     await this.#cluster.stop()
+    this.#metrics?.remove()
+    this.#metrics = null
+    this.#hub.observer.metrics = null
   }
 }

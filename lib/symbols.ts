@@ -15,3 +15,5 @@ export const kResponse = Symbol('forge-socket.response')
 export const kPlainRoute = Symbol('forge-socket.plain-route')
 /** On an upgrade's raw request: the `?token=` taken out of its URL (lib/auth.ts). */
 export const kQueryToken = Symbol('forge-socket.query-token')
+/** `app.socket[kAdmin]()`: what the admin plugin uses of the node. */
+export const kAdmin = Symbol('forge-socket.admin')

@@ -1,5 +1,6 @@
 // Connections for unit tests of the layers (hub, cluster) without a server: a Connection over a socket that
 // records what it is sent and how it was closed. Everything above the socket is the real code.
+import { Observer } from '../../lib/observer.js'
 import type { WebSocket } from 'ws'
 import type { FastifyBaseLogger } from 'fastify'
 import { Connection } from '../../lib/connection.js'
@@ -35,6 +36,6 @@ export function recordedConnection (id: string, user: string | null, home = 'hom
     ping () {}
   } as unknown as WebSocket
   const profile: Profile | null = user === null ? null : { id: user }
-  const conn = new Connection({ id, socket, stream: null, profile, metadata: null, home, ip: '127.0.0.1', log: silentLog, onBinary: undefined, limits })
+  const conn = new Connection({ id, socket, stream: null, profile, metadata: null, home, ip: '127.0.0.1', log: silentLog, onBinary: undefined, limits, observer: new Observer() })
   return { conn, socket: record }
 }
