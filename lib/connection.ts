@@ -54,6 +54,10 @@ export interface ConnectionInfo {
   messagesOut: number
   bytesIn: number
   bytesOut: number
+  /** The client's address (`request.ip`). */
+  ip: string
+  /** Bytes written to the socket and not yet sent (a slow consumer's grow towards `sendBufferLimit`). */
+  buffered: number
 }
 
 /** What an act handler decided (lib/act.ts): the channel the connection starts in, and who it is. */
@@ -364,7 +368,9 @@ export class Connection implements Deadlined {
       messagesIn: this.messagesIn,
       messagesOut: this.messagesOut,
       bytesIn: this.bytesIn,
-      bytesOut: this.bytesOut
+      bytesOut: this.bytesOut,
+      ip: this.ip,
+      buffered: this.#socket.bufferedAmount
     }
   }
 }
