@@ -61,6 +61,15 @@ const scenarios: Scenario[] = [
     task: (kind, ports) => ({ scenario: 'fanout', kind, ports, subscribers: 1000, warmup, duration, window: 4 })
   },
   {
+    // The same as fanout-1k with Prometheus metrics on, scraped every second: counted per broadcast, never per recipient.
+    id: 'fanout-1k-metrics',
+    title: 'fan-out to 1,000 subscribers of one channel with metrics on (prom-client, scraped every second)',
+    kinds: ['forge'],
+    nodes: 1,
+    env: { BENCH_METRICS: '1' },
+    task: (kind, ports) => ({ scenario: 'fanout', kind, ports, subscribers: 1000, warmup, duration, window: 4 })
+  },
+  {
     id: 'echo',
     title: 'echo / request-reply, 100 clients, one request in flight each',
     kinds: KINDS,
@@ -232,6 +241,8 @@ function targets (): Array<{ target: string, value: number | null, pass: boolean
     list.push({ target: `${id}: throughput ≥ 1.6x socket.io`, value: ratio(get(id, 'forge')?.rate, get(id, 'socketio')?.rate), limit: 1.6, atMost: false })
   }
   list.push({ target: 'fanout-1k with history: server CPU per message ≤ 1.15x without', value: ratio(get('fanout-1k-history', 'forge')?.cpuPerMessage, get('fanout-1k', 'forge')?.cpuPerMessage), limit: 1.15, atMost: true })
+  list.push({ target: 'fanout-1k with metrics: throughput ≥ 0.95x without (within 1.05x)', value: ratio(get('fanout-1k-metrics', 'forge')?.rate, get('fanout-1k', 'forge')?.rate), limit: 0.95, atMost: false })
+  list.push({ target: 'fanout-1k with metrics: server CPU per message ≤ 1.05x without', value: ratio(get('fanout-1k-metrics', 'forge')?.cpuPerMessage, get('fanout-1k', 'forge')?.cpuPerMessage), limit: 1.05, atMost: true })
   list.push({ target: 'echo with ids: server CPU per round trip ≤ 1.1x without (memory)', value: ratio(get('echo-ids', 'forge')?.cpuPerMessage, get('echo', 'forge')?.cpuPerMessage), limit: 1.1, atMost: true })
   list.push({ target: 'echo: round trips/s ≥ 1.0x raw ws', value: ratio(get('echo', 'forge')?.rate, get('echo', 'ws')?.rate), limit: 1.0, atMost: false })
   list.push({ target: 'connect: handshakes/s ≥ 0.8x raw ws', value: ratio(get('connect', 'forge')?.rate, get('connect', 'ws')?.rate), limit: 0.8, atMost: false })

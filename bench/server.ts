@@ -6,6 +6,7 @@ import { createVerifier } from 'fast-jwt'
 import Fastify from 'fastify'
 import { WebSocketServer, type WebSocket } from 'ws'
 import { Server as SocketIoServer } from 'socket.io'
+import { Registry } from 'prom-client'
 import forgeSocket from '../plugin.js'
 import { CHANNEL, PUB_CHANNEL, SECRET, cpuMicros, type Kind, type ServerStats } from './common.js'
 
@@ -32,6 +33,9 @@ function bearer (req: IncomingMessage): string {
   return (req.headers.authorization ?? '').replace(/^Bearer /, '')
 }
 
+/** The registry of the fan-out-with-metrics scenario (BENCH_METRICS=1). */
+const metricsRegistry = process.env.BENCH_METRICS === '1' ? new Registry() : undefined
+
 async function forge (): Promise<number> {
   const app = Fastify({ logger: false })
   await app.register(forgeSocket, {
@@ -43,6 +47,8 @@ async function forge (): Promise<number> {
     presence: process.env.BENCH_PRESENCE === '1' && { maxUsers: Number(process.env.BENCH_PRESENCE_MAX_USERS ?? 1000) },
     // Channel history on every channel (BENCH_HISTORY=1), for the fan-out-with-history scenario.
     history: process.env.BENCH_HISTORY === '1' && { size: 100, ttl: 120_000 },
+    // Prometheus metrics on (BENCH_METRICS=1), scraped every second, for the fan-out-with-metrics scenario.
+    metrics: metricsRegistry !== undefined && { registry: metricsRegistry },
     authorizeChannel: () => process.env.BENCH_PRESENCE === '1'
   })
   app.get('/ws/bench', app.socket.act('bench', (app, ps) => ps.upgrade(CHANNEL)))
@@ -51,6 +57,10 @@ async function forge (): Promise<number> {
   app.socket.command('echo', { handler: (param) => param })
   app.get('/__bench/stats', async (request) => stats((request.query as { gc?: string }).gc === '1'))
   openConnections = () => app.socket.status().connections
+  if (metricsRegistry !== undefined) {
+    const registry = metricsRegistry
+    setInterval(() => { void registry.metrics() }, 1000).unref()
+  }
   await app.listen({ port: 0, host: '127.0.0.1' })
   return (app.server.address() as { port: number }).port
 }
