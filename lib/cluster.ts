@@ -144,7 +144,10 @@ export class Cluster {
     const settings = this.#settings(channel)
     if (settings === null) return null
     try {
-      return await this.#catchUp(channel, since, settings)
+      const catchUp = await this.#catchUp(channel, since, settings)
+      const recovery = catchUp.recovery
+      if (recovery !== null) this.#hub.observer.recovery(recovery.recovered ? 'recovered' : recovery.reason as string)
+      return catchUp
     } catch (err) {
       this.#warnOnceAMinute('unread', { err, channel }, 'history: the stream could not be read; connections join without a position')
       return null

@@ -302,7 +302,6 @@ export class Lifecycle {
       upTo.set(channel, catchUp.position.seq)
       if (catchUp.recovery === null) return
       recovery[channel] = catchUp.recovery
-      this.#hub.observer.recovery(catchUp.recovery.recovered ? 'recovered' : catchUp.recovery.reason ?? 'not-recovered')
       for (const message of catchUp.replay) replay.push(message)
     })
     const param = this.#connectedParam(conn)

@@ -88,7 +88,7 @@ export async function registerMetrics (settings: Readonly<MetricsSettings>, sour
     const slowConsumers = new client.Counter({ name: name('slow_consumer_closes_total'), help: 'Connections closed as slow consumers (4008).', registers })
     const recipients = new client.Histogram({ name: name('broadcast_recipients'), help: 'Connections on this node one channel message was written to.', buckets: RECIPIENT_BUCKETS, registers })
     const publish = new client.Histogram({ name: name('broker_publish_duration_seconds'), help: 'Time a broker publish took, in seconds.', buckets: PUBLISH_BUCKETS, registers })
-    const recoveries = new client.Counter({ name: name('recoveries_total'), help: 'Channel recoveries asked for on connect, by result: recovered, or why not.', labelNames: ['result'], registers })
+    const recoveries = new client.Counter({ name: name('recoveries_total'), help: 'Channel recoveries asked for (on connect or subscribe), by result: recovered, or why not.', labelNames: ['result'], registers })
     const dedupe = new client.Counter({ name: name('dedupe_total'), help: 'Client messages with an id, by outcome: run, duplicate, in_progress, unavailable.', labelNames: ['outcome'], registers })
 
     const recorder: MetricsRecorder = {
