@@ -3,7 +3,8 @@ import fastifyStatic from '@fastify/static'
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox'
 import Type from 'typebox'
 import { fileURLToPath } from 'node:url'
-import forgeSocket, { RedisBroker, badRequest, errors, forbidden, type Profile, type TokenPayload } from '../plugin.js'
+import { Registry, collectDefaultMetrics } from 'prom-client'
+import forgeSocket, { forgeSocketAdmin, RedisBroker, badRequest, errors, forbidden, type Profile, type TokenPayload } from '../plugin.js'
 
 /**
  * The demo's profile. An application would merge `rooms` into `ForgeSocketProfile` (docs/server.md); the demo is
@@ -40,6 +41,8 @@ export interface DemoOptions {
    * Node's own (60 s, checked every 30 s) would let a client that never finishes them hold a socket for 90 s.
    */
   headersTimeout?: number
+  /** The users who may open the admin page (/admin/sockets/); default `ADMIN_USERS` (comma-separated), else `admin`. */
+  adminUsers?: string[]
 }
 
 /**
@@ -64,8 +67,13 @@ export async function buildDemo (options: DemoOptions = {}): Promise<FastifyInst
   // Chat rooms and each user's notifications keep their last messages (HISTORY_SIZE, for HISTORY_TTL ms after the
   // last one), in memory or in Redis: a client that reconnects gets what it missed.
   const history = { size: Number(process.env.HISTORY_SIZE ?? 100), ttl: Number(process.env.HISTORY_TTL ?? 300_000) }
+  // Prometheus metrics, this process's and forge-socket's, at GET /metrics (open, as a scrape target usually is;
+  // put it behind your network's rules in production).
+  const registry = new Registry()
+  collectDefaultMetrics({ register: registry })
   await app.register(forgeSocket, {
     jwt: { secret },
+    metrics: { registry },
     broker: redisUrl === undefined ? 'memory' : new RedisBroker({ redis: redisUrl, nodeTtl }),
     // Chat rooms announce who comes and goes; the notification channels (one of them holds everyone) do not.
     presence: { announce: (channel) => channel.startsWith('chat-room-') ? 'events' : 'none' },
@@ -80,6 +88,13 @@ export async function buildDemo (options: DemoOptions = {}): Promise<FastifyInst
       }
     }
   })
+  app.get('/metrics', async (_request, reply) => {
+    reply.type(registry.contentType)
+    return await registry.metrics()
+  })
+  // The admin page, its API and tap, for the users named in ADMIN_USERS (they log in with the demo's login).
+  const admins = new Set(options.adminUsers ?? (process.env.ADMIN_USERS ?? 'admin').split(',').map((name) => name.trim()).filter((name) => name !== ''))
+  await app.register(forgeSocketAdmin, { prefix: '/admin/sockets', login: '/api/login', authorize: (_request, profile) => admins.has(profile.id) })
   await app.register(fastifyStatic, { root: fileURLToPath(new URL('public', import.meta.url)) })
   // The page imports the compiled client (`npm run build`) as ES modules from /client/.
   await app.register(fastifyStatic, { root: CLIENT_DIR, prefix: '/client/', decorateReply: false })
