@@ -42,6 +42,15 @@ function withoutQueryToken (factory: ChildLoggerFactory): ChildLoggerFactory {
 }
 
 /**
+ * `app.injectWS` (@fastify/websocket 11.3) sends `Sec-WebSocket-Version` as the number 13, and ws 8.23.1 checks it
+ * as a string: every injected upgrade was answered 400. A real request's headers are always strings.
+ */
+function fixInjectedVersion (headers: Record<string, unknown>): void {
+  const version = headers['sec-websocket-version']
+  if (typeof version === 'number') headers['sec-websocket-version'] = String(version)
+}
+
+/**
  * Real-time, channel-based messaging over WebSockets, with JWT-protected channels.
  *
  * @example
@@ -97,6 +106,7 @@ async function forgeSocket (app: FastifyInstance, input: ForgeSocketOptions): Pr
     }
   })
   app.addHook('onRequest', (request, _reply, done) => {
+    if (request.ws) fixInjectedVersion(request.raw.headers)
     const refused = request.ws && (request.is404 || (request.routeOptions.config as PlainRouteConfig)[kPlainRoute] === true)
     done(refused ? new errors.FST_SOCKET_NO_ROUTE(request.method, request.url.split('?')[0]) : undefined)
   })

@@ -94,7 +94,13 @@ export async function forgeSocketAdmin (app: FastifyInstance, options: AdminOpti
   })
   app.post('/api/send', { preValidation: api, schema: { body: AdminSendSchema } }, async (request) => {
     const { channel, cmd, param } = request.body as AdminSend
-    return { delivered: app.socket.broadcast(channel, { cmd, param: param ?? null }) }
+    try {
+      return { delivered: app.socket.broadcast(channel, { cmd, param: param ?? null }) }
+    } catch (err) {
+      // A message broadcast refuses is a bug in an app's code (500), and a bad input here: the admin's to fix.
+      if ((err as { code?: unknown }).code === 'FST_SOCKET_INVALID_MESSAGE') throw new errors.FST_SOCKET_BAD_REQUEST((err as Error).message)
+      throw err
+    }
   })
   app.post('/api/disconnect', { preValidation: api, schema: { body: AdminDisconnectSchema } }, async (request) => {
     const { id, code = CloseCode.NORMAL, reason = 'disconnected by an admin' } = request.body as AdminDisconnect

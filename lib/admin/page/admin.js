@@ -47,27 +47,36 @@ function fill (table, rows, render) {
   for (const item of rows) render(body.insertRow(), item)
 }
 
-function renderConnection (row, c) {
-  row.dataset.connection = c.id
-  cell(row, c.id, 'id')
-  cell(row, c.profileId ?? 'anonymous')
-  cell(row, c.channels.join(', '))
-  cell(row, c.ip)
-  cell(row, new Date(c.started).toLocaleTimeString())
-  cell(row, `${c.messagesIn} / ${c.bytesIn} B`, 'num')
-  cell(row, `${c.messagesOut} / ${c.bytesOut} B`, 'num')
-  cell(row, c.buffered, 'num')
-  const button = document.createElement('button')
-  button.type = 'button'
-  button.textContent = 'Disconnect'
-  button.addEventListener('click', () => {
-    api('api/disconnect', { id: c.id, reason: 'disconnected by an admin' }).catch(failed)
+/** A connection's row: made once, with its Disconnect button, and updated in place (a click never misses it). */
+function connectionRow (body, c) {
+  let row = body.querySelector(`tr[data-connection="${CSS.escape(c.id)}"]`)
+  if (row === null) {
+    row = body.insertRow()
+    row.dataset.connection = c.id
+    for (let i = 0; i < 8; i++) row.insertCell()
+    const button = document.createElement('button')
+    button.type = 'button'
+    button.textContent = 'Disconnect'
+    button.addEventListener('click', () => {
+      api('api/disconnect', { id: c.id, reason: 'disconnected by an admin' }).catch(failed)
+    })
+    row.insertCell().append(button)
+  }
+  const values = [c.id, c.profileId ?? 'anonymous', c.channels.join(', '), c.ip, new Date(c.started).toLocaleTimeString(),
+    `${c.messagesIn} / ${c.bytesIn} B`, `${c.messagesOut} / ${c.bytesOut} B`, c.buffered]
+  values.forEach((value, i) => {
+    const td = row.cells[i]
+    td.textContent = String(value)
+    td.className = i === 0 ? 'id' : i >= 5 ? 'num' : ''
   })
-  row.insertCell().append(button)
 }
 
 function renderConnections () {
-  fill('#connections', [...connections.values()], renderConnection)
+  const body = $('#connections tbody')
+  for (const row of [...body.rows]) {
+    if (!connections.has(row.dataset.connection)) row.remove()
+  }
+  for (const c of connections.values()) connectionRow(body, c)
 }
 
 async function refresh () {
