@@ -57,7 +57,6 @@ export async function registerMetrics (settings: Readonly<MetricsSettings>, sour
     // Totals the connections count anyway, read at collection: each counter moves by what it gained since.
     const total = (suffix: string, help: string, read: () => number): void => {
       let reported = 0
-      // eslint-disable-next-line no-new
       new client.Counter({
         name: name(suffix),
         help,
@@ -70,7 +69,6 @@ export async function registerMetrics (settings: Readonly<MetricsSettings>, sour
       })
     }
     const gauge = (suffix: string, help: string, read: () => number): void => {
-      // eslint-disable-next-line no-new
       new client.Gauge({ name: name(suffix), help, registers, collect () { this.set(read()) } })
     }
     gauge('connections', 'Open WebSocket connections on this node.', () => hub.size)
