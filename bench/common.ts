@@ -7,9 +7,9 @@ export const CHANNEL = 'bench-fan'
 /** The channel forge-socket's publisher connection is in (it is not a subscriber). */
 export const PUB_CHANNEL = 'bench-pub'
 
-export const KINDS = ['forge', 'ws', 'socketio'] as const
+export const KINDS = ['forge', 'ws', 'wscork', 'socketio'] as const
 export type Kind = typeof KINDS[number]
-export const KIND_NAMES: Record<Kind, string> = { forge: 'forge-socket', ws: 'raw ws (naive)', socketio: 'socket.io 4' }
+export const KIND_NAMES: Record<Kind, string> = { forge: 'forge-socket', ws: 'raw ws (naive)', wscork: 'ws, framed once, corked', socketio: 'socket.io 4' }
 
 /** What a role connects as: a channel member, the publisher, or an echo client (also a member). */
 export type Role = 'sub' | 'pub' | 'echo'

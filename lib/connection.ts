@@ -158,6 +158,8 @@ export class Connection implements Deadlined {
   readonly #socket: WebSocket
   /** The TCP stream under the socket, when broadcast frames may be written to it directly (lib/frame.ts). */
   readonly #stream: Duplex | null
+  /** The tick the stream was last corked in (`writeFrame`'s stamp). */
+  #corkedIn = 0
   readonly #limits: ConnectionLimits
   #metadata: Metadata | null
   readonly #parentLog: FastifyBaseLogger
@@ -252,7 +254,7 @@ export class Connection implements Deadlined {
     if (this.#held !== null) return this.#hold(frame, channel, seq)
     if (!this.#writable()) return false
     // ws's own readyState too: once the peer's close frame arrived, ws has answered it, and no frame may follow.
-    if (this.#stream !== null && this.#socket.readyState === 1) writeFrame(this.#stream, frame)
+    if (this.#stream !== null && this.#socket.readyState === 1) this.#corkedIn = writeFrame(this.#stream, frame, this.#corkedIn)
     else this.#socket.send(framePayload(frame), TEXT_FRAME)
     this.messagesOut++
     this.bytesOut += frame.length - headerLength(frame)
@@ -261,7 +263,7 @@ export class Connection implements Deadlined {
 
   /** Open, and not a slow consumer (one whose send buffer is over its limit is closed with 4008 here). */
   #writable (): boolean {
-    if (this.state === ConnectionState.CLOSING || this.state === ConnectionState.CLOSED) return false
+    if (this.state >= ConnectionState.CLOSING) return false
     if (this.#socket.bufferedAmount > this.#limits.sendBufferLimit) {
       this.log.warn({ bufferedAmount: this.#socket.bufferedAmount }, 'slow consumer: closing')
       this.close(CloseCode.SLOW_CONSUMER, 'slow consumer: send buffer over its limit')

@@ -48,12 +48,22 @@ export function directStream (extensions: string, stream: unknown): Duplex | nul
   return typeof candidate.write === 'function' && typeof candidate.cork === 'function' ? stream as Duplex : null
 }
 
-/** Streams corked by `writeFrame` in this tick; uncorked together when the tick's work is done. */
-const corked = new Set<Duplex>()
+/** Streams corked in this tick (once for each `cork`); uncorked together when the tick's work is done. */
+let corked: Duplex[] = []
+/** Which tick this is: advanced each time the corked streams are uncorked, so a stamp of an earlier one is stale. */
+let tick = 1
 
 function uncorkAll (): void {
-  for (const stream of corked) stream.uncork()
-  corked.clear()
+  const streams = corked
+  corked = []
+  tick++
+  for (const stream of streams) stream.uncork()
+}
+
+function cork (stream: Duplex): void {
+  stream.cork()
+  corked.push(stream)
+  if (corked.length === 1) process.nextTick(uncorkAll)
 }
 
 /**
@@ -61,18 +71,20 @@ function uncorkAll (): void {
  * tick reaches each socket in one write (one system call) instead of one per message. Order is kept with
  * everything else written to the stream (ws's own writes join the same corked buffer), and the send buffer's
  * size (`bufferedAmount`) counts what waits.
+ *
+ * `corkedIn` is what this returned for the stream's last write (0 at first): the stream is corked once a tick,
+ * told by comparing two numbers, with no set of the tick's streams to look it up in (a broadcast writes to every
+ * member). Returns the stamp to keep for the next write.
  */
-export function writeFrame (stream: Duplex, frame: Buffer): void {
-  corkTick(stream)
+export function writeFrame (stream: Duplex, frame: Buffer, corkedIn: number): number {
+  if (corkedIn !== tick) cork(stream)
   stream.write(frame)
+  return tick
 }
 
-/** Corks a stream until the end of the current tick (once, however often it is called in the tick). */
+/** Corks a stream until the end of the current tick (the upgrade's answer and the `connected` frame leave together). */
 export function corkTick (stream: Duplex): void {
-  if (corked.has(stream)) return
-  stream.cork()
-  corked.add(stream)
-  if (corked.size === 1) process.nextTick(uncorkAll)
+  cork(stream)
 }
 
 /**
