@@ -54,8 +54,12 @@ interface StormResult {
   clientCpu: number
 }
 
-async function startServer (port: number, env: NodeJS.ProcessEnv): Promise<ChildProcess> {
-  const proc = spawn(process.execPath, [`${HERE}server.js`, 'forge'], { cwd: ROOT, env: { ...process.env, ...env, BENCH_PORT: String(port) }, stdio: ['ignore', 'pipe', 'inherit'] })
+/** BENCH_CPU_PROF=<dir>: the restarted server writes a CPU profile there (`--cpu-prof`), to see where a storm goes. */
+const PROFILE = process.env.BENCH_CPU_PROF
+
+async function startServer (port: number, env: NodeJS.ProcessEnv, profile = false): Promise<ChildProcess> {
+  const flags = profile && PROFILE !== undefined ? ['--cpu-prof', `--cpu-prof-dir=${PROFILE}`] : []
+  const proc = spawn(process.execPath, [...flags, `${HERE}server.js`, 'forge'], { cwd: ROOT, env: { ...process.env, ...env, BENCH_PORT: String(port) }, stdio: ['ignore', 'pipe', 'inherit'] })
   const lines = createInterface({ input: proc.stdout as NodeJS.ReadableStream })
   const exited = once(proc, 'exit').then(([code]) => { throw new Error(`the storm's server exited (${String(code)}) before listening`) })
   await Promise.race([once(lines, 'line'), exited])
@@ -126,7 +130,7 @@ async function storm (jitter: number, env: NodeJS.ProcessEnv): Promise<StormResu
   const cpu0 = cpuMicros()
   killedAt = performance.now()
   await stop(server)
-  server = await startServer(port, env)
+  server = await startServer(port, env, true)
   const restart = performance.now() - killedAt
   // The new server's CPU and connections, sampled until every client is back or the deadline passes.
   const deadline = killedAt + restart + 2 * DEFAULT_BACKOFF.maxDelay
@@ -148,6 +152,11 @@ async function storm (jitter: number, env: NodeJS.ProcessEnv): Promise<StormResu
   }
   const clientCpu = (cpuMicros() - cpu0) / 1e4 / ((performance.now() - killedAt) / 1000)
   for (const socket of clients) socket.close()
+  if (PROFILE !== undefined) {
+    // A clean exit, so the profile is written.
+    server.kill('SIGTERM')
+    await once(server, 'exit')
+  }
   await stop(server)
   back.sort((a, b) => a - b)
   recoveredAt.sort((a, b) => a - b)

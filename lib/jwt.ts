@@ -152,6 +152,22 @@ function wrapSecret (secret: JwtSecret): JwtSecret {
   return wrapKey(secret)
 }
 
+/** How many verified tokens forge-socket's own @fastify/jwt keeps (`jwt.verify.cache` sets another size, or `false`). */
+export const TOKEN_CACHE_SIZE = 10_000
+
+/**
+ * fast-jwt's cache of verified tokens, on by default where the key is fixed: a client that reconnects (a network
+ * blip, a node gone, a retry after 1013) shows the token it had, and its signature is not checked again. fast-jwt
+ * keys it by a SHA-256 hash of the whole token (no collisions, and no token kept in memory), keeps an entry until
+ * the token's `exp` (or `maxAge`, or 10 minutes), and caches no failure. `trusted`, `formatUser` and the profile
+ * mapper still run on every connection. With a key function, @fastify/jwt may build a verifier per call (and with it
+ * a cache of this size each time): none by default.
+ */
+function tokenCache (secret: JwtSecret): { cache?: number } {
+  const fixed = (key: unknown): boolean => typeof key === 'string' || Buffer.isBuffer(key)
+  return fixed(secret) || (typeof secret === 'object' && fixed((secret as { public: unknown }).public)) ? { cache: TOKEN_CACHE_SIZE } : {}
+}
+
 /** `app.jwt`, or one of its namespaces. */
 function decoratorOf (app: FastifyInstance, namespace: string | undefined): JWT | undefined {
   return namespace === undefined ? app.jwt : (app.jwt as unknown as Record<string, JWT | undefined>)[namespace]
@@ -365,7 +381,7 @@ export async function registerJwt (app: FastifyInstance, options: Readonly<JwtSe
       await app.register(fastifyJwt, {
         ...jwt,
         secret: wrapSecret(jwt.secret) as FastifyJWTOptions['secret'],
-        verify: { ...jwt.verify, algorithms, extractToken: ownExtractor(app, namespace) },
+        verify: { ...tokenCache(jwt.secret), ...jwt.verify, algorithms, extractToken: ownExtractor(app, namespace) },
         namespace
       })
     } catch (err) {

@@ -343,3 +343,52 @@ t.test('the jwt option is checked at register', async (t) => {
   // What @fastify/jwt itself refuses when it is registered names /jwt too.
   await t.rejects(build({ jwt: { secret: SECRET, sign: { algorithm: 'RS256' } } }), { code: 'FST_SOCKET_INVALID_OPTIONS', message: /^Invalid forge-socket options: \/jwt: RSA Signatures/ })
 })
+
+t.test('verified tokens are cached: a reconnection with the same token is not verified again, but trusted still runs and exp holds', async (t) => {
+  /** Each connection's claims, as the act handler got them: a token served from the cache gives the same object. */
+  async function claimsOf (options: ForgeSocketOptions, tokens: string[]): Promise<{ claims: unknown[], trusted: number }> {
+    const claims: unknown[] = []
+    let trusted = 0
+    const app = await build({ ...options, jwt: { ...options.jwt as NonNullable<ForgeSocketOptions['jwt']>, trusted: () => { trusted++; return true } } }, (app) => {
+      app.get('/ws/me', app.socket.act('me', (app, ps) => { claims.push(ps.claims); return ps.upgrade('me') }))
+    })
+    t.after(() => app.close())
+    const base = await listen(app)
+    for (const token of tokens) {
+      const { client } = await connect(`${base}/ws/me`, token)
+      client.close()
+      await client.closed
+    }
+    return { claims, trusted }
+  }
+  const token = sign({ sub: 'ann' })
+  const cached = await claimsOf({ jwt: { secret: SECRET } }, [token, token, sign({ sub: 'bob' })])
+  t.equal(cached.claims[0], cached.claims[1], 'the same token: the claims the first verification made (no second one)')
+  t.not(cached.claims[2], cached.claims[0], 'another token is verified')
+  t.match(cached.claims[2], { sub: 'bob' })
+  t.equal(cached.trusted, 3, 'jwt.trusted runs on every connection, cached or not (a revocation list still applies)')
+
+  const off = await claimsOf({ jwt: { secret: SECRET, verify: { cache: false } } }, [token, token])
+  t.not(off.claims[0], off.claims[1], 'jwt.verify.cache: false verifies every time')
+  t.same(off.claims[0], off.claims[1])
+
+  const keyFunction = await claimsOf({ jwt: { secret: async () => SECRET } }, [token, token])
+  t.not(keyFunction.claims[0], keyFunction.claims[1], 'with a key function nothing is cached by default (a JWKS key may be dropped)')
+
+  // The cache keeps a token no longer than its exp: one that has expired since is refused.
+  const app = await build({ jwt: { secret: SECRET }, auth: { expiryGrace: 0 } }, (app) => {
+    app.get('/ws/me', app.socket.act('me', (app, ps) => ps.upgrade('me')))
+  })
+  t.after(() => app.close())
+  const url = `${await listen(app)}/ws/me`
+  const exp = seconds() + 1
+  const short = sign({ sub: 'ann', exp })
+  const { client } = await connect(url, short)
+  client.close()
+  await client.closed
+  // Until the second after exp has begun (fast-jwt compares in ms against exp × 1000).
+  await new Promise((resolve) => setTimeout(resolve, exp * 1000 - Date.now() + 50))
+  const late = await refused(url, bearer(short))
+  t.equal(late.status, 401, 'an expired token is refused, though it was cached')
+  t.equal(late.body.code, 'FST_SOCKET_TOKEN_EXPIRED')
+})
