@@ -34,9 +34,12 @@ export class PageState<P extends Profile | null = Profile | null> {
   readonly logger: FastifyBaseLogger
   plan: UpgradePlan | null = null
   readonly #onBinary: BinaryHandler | undefined
+  /** The address, where the upgrade read it; else `undefined`, and the connection reads it when asked. */
+  readonly #ip: string | undefined
 
-  constructor (act: string, request: FastifyRequest, profile: P, claims: TokenPayload | null, onBinary?: BinaryHandler) {
+  constructor (act: string, request: FastifyRequest, profile: P, claims: TokenPayload | null, onBinary?: BinaryHandler, ip?: string) {
     this.act = act
+    this.#ip = ip
     this.request = request
     this.profile = profile
     this.claims = claims
@@ -70,7 +73,8 @@ export class PageState<P extends Profile | null = Profile | null> {
    */
   upgrade (channel: string, metadata?: Metadata, profile: Profile | null = this.profile, logger: FastifyBaseLogger = this.logger): UpgradeTicket {
     assertChannel(channel)
-    this.plan = { channel, ip: this.request.ip, metadata: metadata ?? null, profile, payload: this.claims, logger, onBinary: this.#onBinary }
+    const ip = this.#ip ?? null
+    this.plan = { channel, ip, peer: ip === null ? this.request.raw.socket : null, metadata: metadata ?? null, profile, payload: this.claims, logger, onBinary: this.#onBinary }
     return { channel }
   }
 
@@ -117,6 +121,8 @@ export type ActRouteOptions = RouteShorthandOptions & {
 /** What the upgrade route needs of the socket lifecycle (lib/lifecycle.ts). */
 export interface UpgradeGate {
   readonly closing: boolean
+  /** Whether the upgrade's address decides something before it is accepted (a per-IP limit). */
+  readonly addressNeeded: boolean
   admit (what: 'IP address' | 'user', key: string | null): void
   /** An upgrade refused before it happened, with what was thrown (counted by status). */
   refused (err: unknown): void
@@ -139,13 +145,17 @@ export function actRoute (gate: UpgradeGate, auth: Authenticator, origins: reado
     if (gate.closing) throw withRetryAfter(new errors.FST_SOCKET_SHUTTING_DOWN(), 1000)
     if (!request.ws) throw new errors.FST_SOCKET_UPGRADE_REQUIRED()
     checkOrigin(request, origins)
+    // The address is a system call (getpeername) to read: read now where it decides something (a per-IP limit)
+    // or can't be read later (behind a proxy, with Fastify's trustProxy, it comes from X-Forwarded-For); else it is
+    // the socket's, whatever trustProxy says, and the connection reads it from the socket when asked.
+    const ip = gate.addressNeeded || request.headers['x-forwarded-for'] !== undefined ? request.ip as string | undefined : undefined
     // Before authenticate: this refusal needs no token, and verifying one may cost a JWKS fetch.
-    gate.admit('IP address', request.ip as string | null)
+    if (gate.addressNeeded) gate.admit('IP address', ip ?? null)
     // A malformed position to recover from is refused before anything is verified or run.
     const since = parseSince((request.query as Record<string, unknown> | undefined)?.since)
     const { profile, payload } = await auth.authenticate(request, required)
     gate.admit('user', profile?.id ?? null)
-    const ps = new PageState(name, request, profile, payload, options.onBinary)
+    const ps = new PageState(name, request, profile, payload, options.onBinary, ip)
     // On a route whose auth is required, authenticate has refused every request without a profile.
     await runAct(ps, () => handler(this, ps))
     if (ps.plan === null) throw new errors.FST_SOCKET_NOT_UPGRADED(name)

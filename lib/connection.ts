@@ -63,7 +63,10 @@ export interface ConnectionInfo {
 /** What an act handler decided (lib/act.ts): the channel the connection starts in, and who it is. */
 export interface UpgradePlan {
   channel: string
-  ip: string
+  /** `null`: not read yet; the connection reads it from `peer` when asked (see `ConnectionInit.ip`). */
+  ip: string | null
+  /** The request's socket, for its address; `null` where `ip` was read. */
+  peer: AddressSource | null
   /** `null` when none was given. */
   metadata: Metadata | null
   profile: Profile | null
@@ -72,6 +75,11 @@ export interface UpgradePlan {
   onBinary?: BinaryHandler | undefined
   /** The client's last position in each channel it had (the `since` query parameter), to recover from. */
   since?: Readonly<Record<string, StreamPosition>> | null
+}
+
+/** Where a connection's address is read when first asked for: the upgrade request's socket. */
+export interface AddressSource {
+  readonly remoteAddress?: string | undefined
 }
 
 /** Frames that arrived while the connection was being registered, and their bytes. */
@@ -104,7 +112,13 @@ export interface ConnectionInit {
   /** `null`: none was given (an empty object is made if it is asked for). */
   metadata: Metadata | null
   home: string
-  ip: string
+  /**
+   * The client's address, or `null` to read it from `peer` on first use: reading it is a system call
+   * (getpeername) per upgrade, which most connections never need (the act route reads it at once where it decides
+   * something: per-IP limits, or Fastify's `trustProxy`, whose address comes from the request's headers).
+   */
+  ip: string | null
+  peer: AddressSource | null
   /** The connection's logger is a child of this one (made when it is first used). */
   log: FastifyBaseLogger
   onBinary: BinaryHandler | undefined
@@ -136,8 +150,6 @@ export class Connection implements Deadlined {
   readonly startedAt = Date.now()
   /** The channel the connection started in; direct messages carry it. */
   readonly home: string
-  /** The client's address (`request.ip`, so it honours Fastify's `trustProxy`). */
-  readonly ip: string
   /** The route's binary frame handler (without one, a binary frame closes the connection with 1003). */
   readonly onBinary: BinaryHandler | undefined
   readonly observer: Observer
@@ -161,6 +173,8 @@ export class Connection implements Deadlined {
   /** The tick the stream was last corked in (`writeFrame`'s stamp). */
   #corkedIn = 0
   readonly #limits: ConnectionLimits
+  #ip: string | null
+  readonly #peer: AddressSource | null
   #metadata: Metadata | null
   readonly #parentLog: FastifyBaseLogger
   #log: FastifyBaseLogger | null = null
@@ -175,7 +189,8 @@ export class Connection implements Deadlined {
 
   constructor (init: ConnectionInit) {
     this.id = init.id
-    this.ip = init.ip
+    this.#ip = init.ip
+    this.#peer = init.peer
     this.#limits = init.limits
     this.#socket = init.socket
     this.#stream = init.stream
@@ -185,6 +200,14 @@ export class Connection implements Deadlined {
     this.onBinary = init.onBinary
     this.observer = init.observer
     this.#parentLog = init.log
+  }
+
+  /**
+   * The client's address (`request.ip`, so it honours Fastify's `trustProxy`). Read from the socket on first use
+   * where the upgrade did not need it: `''` if that is after the socket has gone.
+   */
+  get ip (): string {
+    return (this.#ip ??= this.#peer?.remoteAddress ?? '')
   }
 
   /** What the upgrade attached (`ps.upgrade(channel, metadata)`); the application may add to it. */

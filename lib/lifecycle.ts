@@ -128,6 +128,11 @@ export class Lifecycle {
     this.#heartbeat = new Heartbeat(() => hub.all(), options.heartbeat.interval, options.heartbeat.timeout)
   }
 
+  /** Whether an upgrade's address decides something before it is accepted (a per-IP limit). */
+  get addressNeeded (): boolean {
+    return this.#options.connectionLimits.perIp > 0 || this.#options.connectionLimits.ratePerIp > 0
+  }
+
   /** True once the drain has begun: new upgrades are refused (503). */
   get closing (): boolean {
     return this.#closing
@@ -188,6 +193,7 @@ export class Lifecycle {
       metadata: plan.metadata,
       home: plan.channel,
       ip: plan.ip,
+      peer: plan.peer,
       log: plan.logger,
       onBinary: plan.onBinary,
       limits: this.#options,
@@ -320,7 +326,7 @@ export class Lifecycle {
   async #release (conn: Connection, code: number): Promise<void> {
     conn.state = ConnectionState.CLOSED
     this.#hub.remove(conn)
-    this.#perIp.remove(conn.ip)
+    if (this.addressNeeded) this.#perIp.remove(conn.ip)
     this.#perUser.remove(conn.profileId)
     this.#expiry.delete(conn)
     conn.debug({ code }, 'connection closed')

@@ -1,8 +1,8 @@
 import { once } from 'node:events'
 import t from 'tap'
-import type { FastifyInstance } from 'fastify'
-import { badRequest, forbidden, type PageState, type Profile } from '../plugin.js'
-import { build, listen, sign, connect, refused, Client } from './helpers/server.js'
+import Fastify, { type FastifyInstance } from 'fastify'
+import forgeSocket, { badRequest, forbidden, type PageState, type Profile } from '../plugin.js'
+import { SECRET, build, listen, sign, connect, refused, Client } from './helpers/server.js'
 
 const token = sign({ sub: 'ann' })
 const auth = { headers: { authorization: `Bearer ${token}` } }
@@ -380,4 +380,22 @@ t.test('an upgrade to a path with no route, or with a plain HTTP route, is a pla
   t.same(await raw.closed, { code: 1000, reason: '' }, 'an @fastify/websocket route of the app\'s own still upgrades')
   t.equal(opened, 0)
   t.equal(app.socket.status().connections, 0)
+})
+
+t.test("a connection's ip: its socket's, read when asked; X-Forwarded-For only with Fastify's trustProxy", async (t) => {
+  for (const trustProxy of [false, true]) {
+    const app = Fastify({ logger: false, trustProxy })
+    t.after(() => app.close())
+    await app.register(forgeSocket, { jwt: { secret: SECRET } })
+    app.get('/ws/a', app.socket.act('a', (app, ps) => ps.upgrade('room-a')))
+    const url = `${await listen(app)}/ws/a`
+    const { client: direct } = await connect(url, sign({ sub: 'ann' }))
+    const { client: proxied } = await connect(url, sign({ sub: 'bob' }), { headers: { 'x-forwarded-for': '203.0.113.7' } })
+    const ips = Object.fromEntries(app.socket.connections().map((c) => [c.profileId, c.ip]))
+    t.same(ips, { ann: '127.0.0.1', bob: trustProxy ? '203.0.113.7' : '127.0.0.1' }, `trustProxy ${String(trustProxy)}`)
+    for (const client of [direct, proxied]) {
+      client.close()
+      await client.closed
+    }
+  }
 })
