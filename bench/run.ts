@@ -259,6 +259,8 @@ function targets (): Array<{ target: string, value: number | null, pass: boolean
   list.push({ target: 'echo with ids: server CPU per round trip ≤ 1.1x without (memory)', value: ratio(get('echo-ids', 'forge')?.cpuPerMessage, get('echo', 'forge')?.cpuPerMessage), limit: 1.1, atMost: true })
   list.push({ target: 'echo: round trips/s ≥ 1.0x raw ws', value: ratio(get('echo', 'forge')?.rate, get('echo', 'ws')?.rate), limit: 1.0, atMost: false })
   list.push({ target: 'connect: handshakes/s ≥ 0.8x raw ws', value: ratio(get('connect', 'forge')?.rate, get('connect', 'ws')?.rate), limit: 0.8, atMost: false })
+  list.push({ target: 'connect: server CPU per handshake ≤ 1.3x raw ws', value: ratio(get('connect', 'forge')?.cpuPerMessage, get('connect', 'ws')?.cpuPerMessage), limit: 1.3, atMost: true })
+  list.push({ target: 'connect, cold: handshakes/s ≥ 0.85x raw ws', value: ratio(get('connect', 'forge')?.coldRate, get('connect', 'ws')?.coldRate), limit: 0.85, atMost: false })
   list.push({ target: 'connect: memory per idle connection ≤ 1.3x raw ws', value: ratio(get('connect', 'forge')?.bytesPerConnection, get('connect', 'ws')?.bytesPerConnection), limit: 1.3, atMost: true })
   list.push({ target: 'two nodes over Redis ≥ 0.6x one node (1k fan-out)', value: ratio(get('fanout-1k-redis', 'forge')?.rate, get('fanout-1k', 'forge')?.rate), limit: 0.6, atMost: false })
   list.push({ target: 'two nodes over Redis with history ≥ 0.5x one node with history (1k fan-out)', value: ratio(get('fanout-1k-redis-history', 'forge')?.rate, get('fanout-1k-history', 'forge')?.rate), limit: 0.5, atMost: false })
