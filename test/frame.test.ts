@@ -4,7 +4,8 @@ import t from 'tap'
 import Fastify, { type FastifyInstance } from 'fastify'
 import fastifyWebsocket from '@fastify/websocket'
 import forgeSocket from '../plugin.js'
-import { framePayload, textFrame } from '../lib/frame.js'
+import { Duplex } from 'node:stream'
+import { framePayload, textFrame, writeFrame, corkTick } from '../lib/frame.js'
 import { listen, room, serve, sign, connect, SECRET } from './helpers/server.js'
 
 t.test('textFrame: the RFC 6455 header for each payload length class', async (t) => {
@@ -64,4 +65,42 @@ t.test('with permessage-deflate negotiated, broadcasts go through ws (compressed
   t.same(client.messages.filter((m) => m.cmd === 'sized').map((m) => (m.param as string).length), SIZES)
   client.close()
   await client.closed
+})
+
+t.test('writeFrame: what one tick writes to a stream leaves in one write at the end of the tick, each tick its own', async (t) => {
+  /** A stream that records each write it is asked to make (one per system call, on a socket). */
+  function recorder (): { stream: Duplex, writes: string[][] } {
+    const writes: string[][] = []
+    const stream = new Duplex({
+      read () {},
+      write (chunk: Buffer, _encoding, callback) { writes.push([framePayload(chunk).toString()]); callback() },
+      writev (chunks, callback) { writes.push(chunks.map(({ chunk }) => framePayload(chunk as Buffer).toString())); callback() }
+    })
+    return { stream, writes }
+  }
+  const a = recorder()
+  const b = recorder()
+  let stampA = 0
+  let stampB = 0
+  stampA = writeFrame(a.stream, textFrame('1'), stampA)
+  stampB = writeFrame(b.stream, textFrame('x'), stampB)
+  stampA = writeFrame(a.stream, textFrame('2'), stampA)
+  stampA = writeFrame(a.stream, textFrame('3'), stampA)
+  t.same(a.writes, [], 'nothing written during the tick')
+  await new Promise((resolve) => process.nextTick(resolve))
+  t.same(a.writes, [['1', '2', '3']], 'the tick\'s frames in one write, in order')
+  t.same(b.writes, [['x']], 'each stream its own')
+  t.equal(a.stream.writableCorked, 0, 'uncorked')
+  // A later tick: the stamp the last write returned is stale, so the stream is corked again.
+  stampA = writeFrame(a.stream, textFrame('4'), stampA)
+  writeFrame(a.stream, textFrame('5'), stampA)
+  await new Promise((resolve) => setImmediate(resolve))
+  t.same(a.writes, [['1', '2', '3'], ['4', '5']], 'the next tick\'s frames in a write of their own')
+  // corkTick (the upgrade's answer) and writeFrame in one tick: both uncorked at its end, one write.
+  corkTick(b.stream)
+  b.stream.write(textFrame('101'))
+  writeFrame(b.stream, textFrame('connected'), stampB)
+  await new Promise((resolve) => setImmediate(resolve))
+  t.same(b.writes, [['x'], ['101', 'connected']])
+  t.equal(b.stream.writableCorked, 0)
 })
