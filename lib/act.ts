@@ -34,10 +34,10 @@ export class PageState<P extends Profile | null = Profile | null> {
   readonly logger: FastifyBaseLogger
   plan: UpgradePlan | null = null
   readonly #onBinary: BinaryHandler | undefined
-  /** The address, where the upgrade read it; else `undefined`, and the connection reads it when asked. */
-  readonly #ip: string | undefined
+  /** The address, where the upgrade read it (`undefined` without one, under `injectWS`); `null`: the connection reads it when asked. */
+  readonly #ip: string | undefined | null
 
-  constructor (act: string, request: FastifyRequest, profile: P, claims: TokenPayload | null, onBinary?: BinaryHandler, ip?: string) {
+  constructor (act: string, request: FastifyRequest, profile: P, claims: TokenPayload | null, onBinary?: BinaryHandler, ip: string | undefined | null = null) {
     this.act = act
     this.#ip = ip
     this.request = request
@@ -73,7 +73,7 @@ export class PageState<P extends Profile | null = Profile | null> {
    */
   upgrade (channel: string, metadata?: Metadata, profile: Profile | null = this.profile, logger: FastifyBaseLogger = this.logger): UpgradeTicket {
     assertChannel(channel)
-    const ip = this.#ip ?? null
+    const ip = this.#ip as string | null
     this.plan = { channel, ip, peer: ip === null ? this.request.raw.socket : null, metadata: metadata ?? null, profile, payload: this.claims, logger, onBinary: this.#onBinary }
     return { channel }
   }
@@ -148,9 +148,9 @@ export function actRoute (gate: UpgradeGate, auth: Authenticator, origins: reado
     // The address is a system call (getpeername) to read: read now where it decides something (a per-IP limit)
     // or can't be read later (behind a proxy, with Fastify's trustProxy, it comes from X-Forwarded-For); else it is
     // the socket's, whatever trustProxy says, and the connection reads it from the socket when asked.
-    const ip = gate.addressNeeded || request.headers['x-forwarded-for'] !== undefined ? request.ip as string | undefined : undefined
+    const ip = gate.addressNeeded || request.headers['x-forwarded-for'] !== undefined ? request.ip as string | undefined : null
     // Before authenticate: this refusal needs no token, and verifying one may cost a JWKS fetch.
-    if (gate.addressNeeded) gate.admit('IP address', ip ?? null)
+    if (gate.addressNeeded) gate.admit('IP address', ip as string | null)
     // A malformed position to recover from is refused before anything is verified or run.
     const since = parseSince((request.query as Record<string, unknown> | undefined)?.since)
     const { profile, payload } = await auth.authenticate(request, required)

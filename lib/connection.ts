@@ -207,7 +207,8 @@ export class Connection implements Deadlined {
    * where the upgrade did not need it: `''` if that is after the socket has gone.
    */
   get ip (): string {
-    return (this.#ip ??= this.#peer?.remoteAddress ?? '')
+    if (this.#ip === null) this.#ip = this.#peer?.remoteAddress ?? ''
+    return this.#ip
   }
 
   /** What the upgrade attached (`ps.upgrade(channel, metadata)`); the application may add to it. */
