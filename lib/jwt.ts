@@ -168,6 +168,17 @@ function tokenCache (secret: JwtSecret): { cache?: number } {
   return fixed(secret) || (typeof secret === 'object' && fixed((secret as { public: unknown }).public)) ? { cache: TOKEN_CACHE_SIZE } : {}
 }
 
+/**
+ * @fastify/jwt's own verifier (`app.jwt.verify`: the one `request.jwtVerify()` uses with a fixed key, with the
+ * allow-list and the cache), and what `request.jwtVerify()` does after it: the user at `request[decoratorName]`,
+ * through `formatUser`.
+ */
+interface DirectVerify {
+  verify: (token: string) => unknown
+  decoratorName: string
+  formatUser: ((claims: TokenPayload) => unknown) | undefined
+}
+
 /** `app.jwt`, or one of its namespaces. */
 function decoratorOf (app: FastifyInstance, namespace: string | undefined): JWT | undefined {
   return namespace === undefined ? app.jwt : (app.jwt as unknown as Record<string, JWT | undefined>)[namespace]
@@ -244,7 +255,8 @@ function isUnavailable (err: object): boolean {
  */
 function translate (err: unknown, log: FastifyBaseLogger): Error {
   const code = (err as { code?: unknown }).code
-  if (code === 'FST_JWT_AUTHORIZATION_TOKEN_EXPIRED') return new errors.FST_SOCKET_TOKEN_EXPIRED()
+  // @fastify/jwt's code for fast-jwt's, which the direct verifier throws as it is.
+  if (code === 'FST_JWT_AUTHORIZATION_TOKEN_EXPIRED' || code === 'FAST_JWT_EXPIRED') return new errors.FST_SOCKET_TOKEN_EXPIRED()
   if (typeof code === 'string') {
     const reason = REASONS[code]
     if (reason !== undefined) return new errors.FST_SOCKET_TOKEN_INVALID(reason)
@@ -308,11 +320,14 @@ export class JwtVerifier {
   readonly #resultIsClaims: boolean
   /** The verify method, from the first upgrade request: an in-band refresh has no request of its own. */
   #verify: RequestVerify | undefined
+  /** Where forge-socket registered @fastify/jwt with a fixed key and no `trusted`: its verifier, called directly. */
+  readonly #direct: DirectVerify | null
 
-  constructor (method: string, options: VerifyOptions | undefined, resultIsClaims: boolean) {
+  constructor (method: string, options: VerifyOptions | undefined, resultIsClaims: boolean, direct: DirectVerify | null = null) {
     this.#method = method
     this.#options = options
     this.#resultIsClaims = resultIsClaims
+    this.#direct = direct
   }
 
   /** Takes the verify method from an upgrade request, once: a request decorator is the same on every request. */
@@ -331,6 +346,16 @@ export class JwtVerifier {
   }
 
   async #run (request: FastifyRequest | InBandRequest, token: string): Promise<TokenPayload> {
+    if (this.#direct !== null) {
+      try {
+        const user = this.#direct.verify(token)
+        const { decoratorName, formatUser } = this.#direct
+        ;(request as unknown as Record<string, unknown>)[decoratorName] = formatUser === undefined ? user : formatUser(user as TokenPayload)
+        return this.#resultIsClaims ? user as TokenPayload : claimsOf(token)
+      } catch (err) {
+        throw translate(err, request.log)
+      }
+    }
     // Every connection, and so every refresh, comes after an upgrade request that was noted.
     const verify = this.#verify as RequestVerify
     try {
@@ -395,5 +420,11 @@ export async function registerJwt (app: FastifyInstance, options: Readonly<JwtSe
       ? '/auth/namespace: @fastify/jwt gave requests no jwtVerify() (it has only namespaces: name the one to verify with)'
       : `/auth/namespace: the @fastify/jwt namespace "${namespace}" gave requests no ${method}(). A verify method renamed with @fastify/jwt's jwtVerify option is not supported: forge-socket calls only the name @fastify/jwt gives, so no other request method (jwtDecode does not verify) can stand in for it`)
   }
-  return new JwtVerifier(method, registered ? { extractToken: takeToken, algorithms } : undefined, resultIsClaims)
+  // With a fixed key and no `trusted`, `request.jwtVerify()` is: decode the token (for a key callback there is
+  // none of), run the verifier, put the user on the request. forge-socket's own registration calls that verifier
+  // itself, the same one with the same options, and skips the rest (a decode and a waterfall per handshake).
+  const direct: DirectVerify | null = !registered && jwt !== undefined && tokenCache(jwt.secret).cache !== undefined && jwt.trusted === undefined
+    ? { verify: (token) => (decoratorOf(app, namespace) as JWT).verify(token), decoratorName: jwt.decoratorName ?? 'user', formatUser: jwt.formatUser as DirectVerify['formatUser'] }
+    : null
+  return new JwtVerifier(method, registered ? { extractToken: takeToken, algorithms } : undefined, resultIsClaims, direct)
 }
