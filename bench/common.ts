@@ -8,8 +8,9 @@ export const CHANNEL = 'bench-fan'
 export const PUB_CHANNEL = 'bench-pub'
 
 export const KINDS = ['forge', 'ws', 'wscork', 'socketio'] as const
-export type Kind = typeof KINDS[number]
-export const KIND_NAMES: Record<Kind, string> = { forge: 'forge-socket', ws: 'raw ws (naive)', wscork: 'ws, framed once, corked', socketio: 'socket.io 4' }
+/** Every kind of server: those of KINDS, and bare Fastify with @fastify/websocket (connection setup only). */
+export type Kind = typeof KINDS[number] | 'fastify'
+export const KIND_NAMES: Record<Kind, string> = { forge: 'forge-socket', ws: 'raw ws (naive)', wscork: 'ws, framed once, corked', socketio: 'socket.io 4', fastify: 'Fastify + @fastify/websocket (bare)' }
 
 /** What a role connects as: a channel member, the publisher, or an echo client (also a member). */
 export type Role = 'sub' | 'pub' | 'echo'

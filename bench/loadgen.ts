@@ -66,7 +66,7 @@ async function open (kind: Kind, port: number, role: Role): Promise<Conn> {
     onMessage: () => {},
     send: kind === 'forge'
       ? (cmd, body, ack, id) => ws.send(`{"channel":"${channel}","cmd":"${cmd}","param":${body}${ack === undefined ? '' : `,"ref":"${ack}"`}${id === undefined ? '' : `,"id":"${id}"`}}`)
-      : kind === 'ws' || kind === 'wscork'
+      : kind === 'ws' || kind === 'wscork' || kind === 'fastify'
         ? (cmd, body, ack) => ws.send(`{"cmd":"${cmd}","param":${body}${ack === undefined ? '' : `,"ref":"${ack}"`}}`)
         : (cmd, body, ack) => ws.send(`42${ack === undefined ? '' : ack}["${cmd}",${body}]`)
   }
@@ -76,7 +76,7 @@ async function open (kind: Kind, port: number, role: Role): Promise<Conn> {
       ? (data) => { if (data.length === 1 && data[0] === 0x32) ws.send('3'); else conn.onMessage(data) }
       : (data) => conn.onMessage(data)
   }
-  if (kind === 'ws' || kind === 'wscork') {
+  if (kind === 'ws' || kind === 'wscork' || kind === 'fastify') {
     ready()
     return conn
   }

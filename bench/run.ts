@@ -91,7 +91,8 @@ const scenarios: Scenario[] = [
   {
     id: 'connect',
     title: 'connection setup with JWT (2,000 connections, 50 at a time, after warm-up rounds of 10,000), memory per idle connection',
-    kinds: UNBATCHED,
+    // Bare Fastify with @fastify/websocket too: what Fastify's lifecycle costs before forge-socket does anything.
+    kinds: [...UNBATCHED, 'fastify'],
     nodes: 1,
     task: (kind, ports) => ({ scenario: 'connect', kind, ports, connections: 2000, concurrency: 50, warmup: 10_000 })
   },

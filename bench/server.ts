@@ -5,6 +5,7 @@
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http'
 import { createVerifier } from 'fast-jwt'
 import Fastify from 'fastify'
+import fastifyWebsocket from '@fastify/websocket'
 import * as wsModule from 'ws'
 import { WebSocketServer, type WebSocket } from 'ws'
 import type { Duplex } from 'node:stream'
@@ -90,6 +91,28 @@ function corkedBroadcast (members: Set<WebSocket>, text: string): void {
   process.nextTick(() => { for (const socket of sockets) socket.uncork() })
 }
 
+/**
+ * Fastify with @fastify/websocket and nothing else: the same JWT verifier in a `preValidation` hook, and a socket
+ * that is counted and left alone. What Fastify's lifecycle costs a handshake before forge-socket does anything
+ * (the connect scenario only).
+ */
+async function bareFastify (): Promise<number> {
+  const app = Fastify({ logger: false })
+  await app.register(fastifyWebsocket)
+  let open = 0
+  openConnections = () => open
+  app.get('/__bench/stats', async (request) => stats((request.query as { gc?: string }).gc === '1'))
+  app.get('/ws/bench', {
+    websocket: true,
+    preValidation: async (request) => { verify(bearer(request.raw)) }
+  }, (socket) => {
+    open++
+    socket.on('close', () => { open-- })
+  })
+  await app.listen({ port: 0, host: '127.0.0.1' })
+  return (app.server.address() as { port: number }).port
+}
+
 async function ws (corked: boolean): Promise<number> {
   const server = createServer((req, res) => { if (!statsRoute(req, res)) res.writeHead(404).end() })
   const wss = new WebSocketServer({
@@ -152,7 +175,7 @@ async function socketio (): Promise<number> {
 }
 
 const kind = process.argv[2] as Kind
-const start = { forge, ws: async () => await ws(false), wscork: async () => await ws(true), socketio }[kind]
+const start = { forge, ws: async () => await ws(false), wscork: async () => await ws(true), socketio, fastify: bareFastify }[kind]
 if (start === undefined) throw new Error(`unknown server kind ${kind}`)
 const port = await start()
 process.stdout.write(`${JSON.stringify({ port })}\n`)
