@@ -164,8 +164,13 @@ export const TOKEN_CACHE_SIZE = 10_000
  * a cache of this size each time): none by default.
  */
 function tokenCache (secret: JwtSecret): { cache?: number } {
+  return fixedKey(secret) ? { cache: TOKEN_CACHE_SIZE } : {}
+}
+
+/** A string or Buffer secret, or `{ public }` with one: no key function picks the key per token. */
+function fixedKey (secret: JwtSecret): boolean {
   const fixed = (key: unknown): boolean => typeof key === 'string' || Buffer.isBuffer(key)
-  return fixed(secret) || (typeof secret === 'object' && fixed((secret as { public: unknown }).public)) ? { cache: TOKEN_CACHE_SIZE } : {}
+  return fixed(secret) || (typeof secret === 'object' && fixed((secret as { public: unknown }).public))
 }
 
 /**
@@ -423,7 +428,7 @@ export async function registerJwt (app: FastifyInstance, options: Readonly<JwtSe
   // With a fixed key and no `trusted`, `request.jwtVerify()` is: decode the token (for a key callback there is
   // none of), run the verifier, put the user on the request. forge-socket's own registration calls that verifier
   // itself, the same one with the same options, and skips the rest (a decode and a waterfall per handshake).
-  const direct: DirectVerify | null = !registered && jwt !== undefined && tokenCache(jwt.secret).cache !== undefined && jwt.trusted === undefined
+  const direct: DirectVerify | null = !registered && jwt !== undefined && fixedKey(jwt.secret) && jwt.trusted === undefined
     ? { verify: (token) => (decoratorOf(app, namespace) as JWT).verify(token), decoratorName: jwt.decoratorName ?? 'user', formatUser: jwt.formatUser as DirectVerify['formatUser'] }
     : null
   return new JwtVerifier(method, registered ? { extractToken: takeToken, algorithms } : undefined, resultIsClaims, direct)

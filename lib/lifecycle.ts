@@ -326,7 +326,7 @@ export class Lifecycle {
   async #release (conn: Connection, code: number): Promise<void> {
     conn.state = ConnectionState.CLOSED
     this.#hub.remove(conn)
-    if (this.addressNeeded) this.#perIp.remove(conn.ip)
+    this.#perIp.remove(conn.ip)
     this.#perUser.remove(conn.profileId)
     this.#expiry.delete(conn)
     conn.debug({ code }, 'connection closed')
