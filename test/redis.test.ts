@@ -34,6 +34,8 @@ if (requireRedis(t)) {
     const carl = await join(a.base, 'lobby', 'carl')
     const bob = await join(b.base, 'lobby', 'bob')
     t.equal(a.app.socket.status().broker, 'ok')
+    // Bob's join reaches node A through Redis: heard before the kill, or it could land after the messages are cleared.
+    await ann.client.next((m) => m.cmd === 'user-joined' && (m.param as { user: string }).user === 'bob')
 
     await redis.kill()
     for (const c of [ann, carl, bob]) c.client.messages.length = 0

@@ -73,6 +73,11 @@ export class RedisBroker implements Broker {
   /** This node has reported itself once: until then, the others have never been told of its users. */
   #reported = false
   /**
+   * Redis lost this node's entry (a restart without its data) and the rewrite after it has not yet succeeded: a
+   * retry must not take the half-written presence for changes the others missed, and announces nothing either.
+   */
+  #lost = false
+  /**
    * An outage is under way and was logged: ioredis fails again on every retry, and that is said once. True until
    * the start has connected (a start without Redis logs one warning of its own).
    */
@@ -361,8 +366,10 @@ export class RedisBroker implements Broker {
     const stale = this.#stale
     if (added === 0 && !stale) return
     this.#stale = false
+    if (added === 1 && reaped !== 1 && !first) this.#lost = true
     try {
-      await this.#rewritePresence(host, reaped === 1 || (stale && added === 0) || first)
+      await this.#rewritePresence(host, reaped === 1 || (stale && added === 0 && !this.#lost) || first)
+      this.#lost = false
     } catch (err) {
       this.#stale = true
       throw err
