@@ -85,10 +85,22 @@ export class PageState<P extends Profile | null = Profile | null> {
 }
 
 const current = new AsyncLocalStorage<PageState>()
+/** Act handlers running or awaiting: while there are any, the storage stays enabled. */
+let running = 0
 
-/** Runs an act handler with its page state reachable from `app.socket.upgrade(...)`. */
-export function runAct<T> (ps: PageState, fn: () => T): T {
-  return current.run(ps, fn)
+/**
+ * Runs an act handler with its page state reachable from `app.socket.upgrade(...)`, in its synchronous part and
+ * after any await. An enabled AsyncLocalStorage turns on Node 20's promise hooks for the whole process (every promise
+ * anywhere then pays for them: about a tenth of a handshake's CPU in the bench), so it is enabled only while act
+ * handlers run, and disabled again once none is running or awaiting (most return at once, with `ps.upgrade`).
+ */
+export async function runAct<T> (ps: PageState, fn: () => T | Promise<T>): Promise<T> {
+  running++
+  try {
+    return await current.run(ps, fn)
+  } finally {
+    if (--running === 0) current.disable()
+  }
 }
 
 /** The page state of the act handler that is running, for `app.socket.upgrade(...)`; throws outside one. */

@@ -139,6 +139,40 @@ t.test('act needs a handler function', async (t) => {
   t.throws(() => app.socket.act('nothing', 'nope' as unknown as () => undefined), { code: 'FST_SOCKET_INVALID_OPTIONS', message: /"nothing"/ })
 })
 
+t.test('app.socket.upgrade after awaits, while other act handlers start and finish meanwhile', async (t) => {
+  // The page state's storage is enabled only while act handlers run or await: one that finishes must not take it
+  // from those still awaiting.
+  const waiting = new Map<string, { started: ReturnType<typeof gate<void>>, go: ReturnType<typeof gate<void>> }>()
+  for (const room of ['a', 'b']) waiting.set(room, { started: gate<void>(), go: gate<void>() })
+  const app = await build({}, (app) => {
+    app.get('/ws/slow/:room', app.socket.act('slow', async (app, ps) => {
+      const room = ps.requestString('room', true)
+      const w = waiting.get(room)
+      w?.started.open()
+      await w?.go.promise
+      await new Promise((resolve) => setImmediate(resolve))
+      return app.socket.upgrade(`slow-${room}`)
+    }))
+    app.get('/ws/quick', app.socket.act('quick', (app) => app.socket.upgrade('quick')))
+  })
+  t.after(() => app.close())
+  const base = await listen(app)
+  const a = connect(`${base}/ws/slow/a`, token)
+  const b = connect(`${base}/ws/slow/b`, token)
+  await Promise.all([waiting.get('a')?.started.promise, waiting.get('b')?.started.promise])
+  const quick = await connect(`${base}/ws/quick`, token)
+  t.match(quick.connected.param, { channels: ['quick'] }, 'a quick handler finishes while two await')
+  waiting.get('a')?.go.open()
+  const first = await a
+  t.match(first.connected.param, { channels: ['slow-a'] }, 'the first awaiting handler still finds its page state')
+  t.throws(() => app.socket.upgrade('x'), { code: 'FST_SOCKET_OUTSIDE_ACT' }, 'outside a handler, none is found, though one still awaits')
+  waiting.get('b')?.go.open()
+  const second = await b
+  t.match(second.connected.param, { channels: ['slow-b'] }, 'and so does the second, after the first finished')
+  t.throws(() => app.socket.upgrade('x'), { code: 'FST_SOCKET_OUTSIDE_ACT' }, 'and none once all have finished')
+  for (const c of [quick, first, second]) c.client.close()
+})
+
 t.test('upgrade variants and the page state', async (t) => {
   const seen: PageState[] = []
   const app = await build({}, (app) => {
