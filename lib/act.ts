@@ -85,27 +85,31 @@ export class PageState<P extends Profile | null = Profile | null> {
 }
 
 const current = new AsyncLocalStorage<PageState>()
-/** Act handlers running or awaiting: while there are any, the storage stays enabled. */
-let running = 0
+/** The page state of the act handler running synchronously now, if any. */
+let running: PageState | null = null
+const AsyncFunction = (async () => {}).constructor
 
 /**
- * Runs an act handler with its page state reachable from `app.socket.upgrade(...)`, in its synchronous part and
- * after any await. An enabled AsyncLocalStorage turns on Node 20's promise hooks for the whole process (every promise
- * anywhere then pays for them: about a tenth of a handshake's CPU in the bench), so it is enabled only while act
- * handlers run, and disabled again once none is running or awaiting (most return at once, with `ps.upgrade`).
+ * Runs an act handler with its page state reachable from `app.socket.upgrade(...)`. A plain function is called
+ * with the page state in a variable for its synchronous run. An `async` function is run in an AsyncLocalStorage,
+ * so that `app.socket.upgrade` after an await finds it too: the first one enables Node 20's promise hooks for the
+ * whole process, for good (every promise anywhere then takes V8's slower path: about 5 % of a handshake's CPU in
+ * the bench), so a route that needs no await should not be an `async` function.
  */
-export async function runAct<T> (ps: PageState, fn: () => T | Promise<T>): Promise<T> {
-  running++
+export function runAct<T> (app: FastifyInstance, ps: PageState, handler: (app: FastifyInstance, ps: PageState) => T): T {
+  if (handler instanceof AsyncFunction) return current.run(ps, handler, app, ps)
+  const outer = running
+  running = ps
   try {
-    return await current.run(ps, fn)
+    return handler(app, ps)
   } finally {
-    if (--running === 0) current.disable()
+    running = outer
   }
 }
 
 /** The page state of the act handler that is running, for `app.socket.upgrade(...)`; throws outside one. */
 export function currentPageState (caller: string): PageState {
-  const ps = current.getStore()
+  const ps = running ?? current.getStore()
   if (ps === undefined) throw new errors.FST_SOCKET_OUTSIDE_ACT(caller)
   return ps
 }
@@ -169,7 +173,7 @@ export function actRoute (gate: UpgradeGate, auth: Authenticator, origins: reado
     gate.admit('user', profile?.id ?? null)
     const ps = new PageState(name, request, profile, payload, options.onBinary, ip)
     // On a route whose auth is required, authenticate has refused every request without a profile.
-    await runAct(ps, () => handler(this, ps))
+    await runAct(this, ps, handler)
     if (ps.plan === null) throw new errors.FST_SOCKET_NOT_UPGRADED(name)
     ps.plan.since = since
     const upgrading = request as UpgradingRequest

@@ -13,7 +13,7 @@ export const errors = {
   FST_SOCKET_ALREADY_REGISTERED: createError('FST_SOCKET_ALREADY_REGISTERED', 'forge-socket is already registered on this instance', 500),
   FST_SOCKET_RESERVED_COMMAND: createError('FST_SOCKET_RESERVED_COMMAND', 'Command "%s" is reserved by the protocol and cannot be handled by the application', 500),
   FST_SOCKET_DUPLICATE_COMMAND: createError('FST_SOCKET_DUPLICATE_COMMAND', 'Command "%s" already has a handler', 500),
-  FST_SOCKET_OUTSIDE_ACT: createError('FST_SOCKET_OUTSIDE_ACT', '%s can only be called from an act handler, before the upgrade', 500),
+  FST_SOCKET_OUTSIDE_ACT: createError('FST_SOCKET_OUTSIDE_ACT', '%s can only be called from an act handler, before the upgrade (after an await, only in an async function: ps.upgrade works in any)', 500),
 
   // Refusals before the upgrade (plain HTTP)
   FST_SOCKET_UPGRADE_REQUIRED: createError('FST_SOCKET_UPGRADE_REQUIRED', 'This route only accepts WebSocket upgrades', 426),

@@ -139,9 +139,8 @@ t.test('act needs a handler function', async (t) => {
   t.throws(() => app.socket.act('nothing', 'nope' as unknown as () => undefined), { code: 'FST_SOCKET_INVALID_OPTIONS', message: /"nothing"/ })
 })
 
-t.test('app.socket.upgrade after awaits, while other act handlers start and finish meanwhile', async (t) => {
-  // The page state's storage is enabled only while act handlers run or await: one that finishes must not take it
-  // from those still awaiting.
+t.test('app.socket.upgrade in async handlers after awaits, while other act handlers start and finish meanwhile', async (t) => {
+  // Each async handler finds its own page state after its awaits, whatever runs in between.
   const waiting = new Map<string, { started: ReturnType<typeof gate<void>>, go: ReturnType<typeof gate<void>> }>()
   for (const room of ['a', 'b']) waiting.set(room, { started: gate<void>(), go: gate<void>() })
   const app = await build({}, (app) => {
@@ -154,6 +153,9 @@ t.test('app.socket.upgrade after awaits, while other act handlers start and fini
       return app.socket.upgrade(`slow-${room}`)
     }))
     app.get('/ws/quick', app.socket.act('quick', (app) => app.socket.upgrade('quick')))
+    // A plain function that returns a promise: its page state is known in its synchronous part only.
+    app.get('/ws/then', app.socket.act('then', (app) => Promise.resolve().then(() => app.socket.upgrade('then'))))
+    app.get('/ws/then-ps', app.socket.act('then-ps', (app, ps) => Promise.resolve().then(() => ps.upgrade('then-ps'))))
   })
   t.after(() => app.close())
   const base = await listen(app)
@@ -170,7 +172,12 @@ t.test('app.socket.upgrade after awaits, while other act handlers start and fini
   const second = await b
   t.match(second.connected.param, { channels: ['slow-b'] }, 'and so does the second, after the first finished')
   t.throws(() => app.socket.upgrade('x'), { code: 'FST_SOCKET_OUTSIDE_ACT' }, 'and none once all have finished')
-  for (const c of [quick, first, second]) c.client.close()
+  const then = await refused(`${base}/ws/then`, auth)
+  t.equal(then.status, 500)
+  t.match(then.body, { code: 'FST_SOCKET_OUTSIDE_ACT', message: /after an await, only in an async function: ps\.upgrade works in any/ }, 'app.socket.upgrade after an await in a plain function is refused, saying why')
+  const thenPs = await connect(`${base}/ws/then-ps`, token)
+  t.match(thenPs.connected.param, { channels: ['then-ps'] }, 'ps.upgrade works there')
+  for (const c of [quick, first, second, thenPs]) c.client.close()
 })
 
 t.test('upgrade variants and the page state', async (t) => {
