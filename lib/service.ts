@@ -97,7 +97,7 @@ export class SocketService {
    * verified profile and refuses by throwing (plain HTTP 400/401/403) or accepts with `ps.upgrade(channel)`.
    *
    * @example
-   * app.get('/ws/chat/:room', app.socket.act('chat.room', async (app, ps) => {
+   * app.get('/ws/chat/:room', app.socket.act('chat.room', (app, ps) => {
    *   const room = ps.requestString('room', true)
    *   return ps.upgrade(`chat-room-${room}`, { room })
    * }))
