@@ -30,12 +30,11 @@ export class PageState<P extends Profile | null = Profile | null> {
   readonly profile: P
   /** The verified token's claims (`exp`, `sub`, …), or `null`. */
   readonly claims: TokenPayload | null
-  /** The request's child logger, with the act's name. */
-  readonly logger: FastifyBaseLogger
   plan: UpgradePlan | null = null
   readonly #onBinary: BinaryHandler | undefined
   /** The address, where the upgrade read it (`undefined` without one, under `injectWS`); `null`: the connection reads it when asked. */
   readonly #ip: string | undefined | null
+  #logger: FastifyBaseLogger | null = null
 
   constructor (act: string, request: FastifyRequest, profile: P, claims: TokenPayload | null, onBinary?: BinaryHandler, ip: string | undefined | null = null) {
     this.act = act
@@ -43,8 +42,12 @@ export class PageState<P extends Profile | null = Profile | null> {
     this.request = request
     this.profile = profile
     this.claims = claims
-    this.logger = request.log.child({ act })
     this.#onBinary = onBinary
+  }
+
+  /** The request's child logger, with the act's name (made when first asked for: most handlers never log). */
+  get logger (): FastifyBaseLogger {
+    return (this.#logger ??= this.request.log.child({ act: this.act }))
   }
 
   /**
@@ -71,10 +74,23 @@ export class PageState<P extends Profile | null = Profile | null> {
    * @example
    * return ps.upgrade(`chat-room-${room}`, { room, user: ps.profile.id })
    */
-  upgrade (channel: string, metadata?: Metadata, profile: Profile | null = this.profile, logger: FastifyBaseLogger = this.logger): UpgradeTicket {
+  upgrade (channel: string, metadata?: Metadata, profile: Profile | null = this.profile, logger?: FastifyBaseLogger): UpgradeTicket {
     assertChannel(channel)
     const ip = this.#ip as string | null
-    this.plan = { channel, ip, peer: ip === null ? this.request.raw.socket : null, metadata: metadata ?? null, profile, payload: this.claims, logger, onBinary: this.#onBinary }
+    // The connection's logger is made when first used: from the one given, or ps.logger if the handler made it,
+    // else from the request's with the act's name bound then (one child logger instead of two).
+    const given = logger ?? this.#logger
+    this.plan = {
+      channel,
+      ip,
+      peer: ip === null ? this.request.raw.socket : null,
+      metadata: metadata ?? null,
+      profile,
+      payload: this.claims,
+      logger: given ?? this.request.log,
+      act: given === null ? this.act : null,
+      onBinary: this.#onBinary
+    }
     return { channel }
   }
 

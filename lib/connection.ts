@@ -71,7 +71,10 @@ export interface UpgradePlan {
   metadata: Metadata | null
   profile: Profile | null
   payload: TokenPayload | null
+  /** The connection's logger's parent. */
   logger: FastifyBaseLogger
+  /** The act's name, bound when the connection makes its logger; `null`: `logger` has it already, or was given. */
+  act: string | null
   onBinary?: BinaryHandler | undefined
   /** The client's last position in each channel it had (the `since` query parameter), to recover from. */
   since?: Readonly<Record<string, StreamPosition>> | null
@@ -119,8 +122,9 @@ export interface ConnectionInit {
    */
   ip: string | null
   peer: AddressSource | null
-  /** The connection's logger is a child of this one (made when it is first used). */
+  /** The connection's logger is a child of this one (made when it is first used), with `act` bound if given. */
   log: FastifyBaseLogger
+  act: string | null
   onBinary: BinaryHandler | undefined
   limits: ConnectionLimits
   /** The node's metrics and taps (lib/observer.ts). */
@@ -177,6 +181,7 @@ export class Connection implements Deadlined {
   readonly #peer: AddressSource | null
   #metadata: Metadata | null
   readonly #parentLog: FastifyBaseLogger
+  readonly #act: string | null
   #log: FastifyBaseLogger | null = null
   // Made on first use: an idle connection sends nothing, and most never have a frame refused or a malformed one.
   #rate: TokenBucket | null = null
@@ -200,6 +205,7 @@ export class Connection implements Deadlined {
     this.onBinary = init.onBinary
     this.observer = init.observer
     this.#parentLog = init.log
+    this.#act = init.act
   }
 
   /**
@@ -218,7 +224,7 @@ export class Connection implements Deadlined {
 
   /** The connection's logger: the upgrade's, with `connId`. */
   get log (): FastifyBaseLogger {
-    return (this.#log ??= this.#parentLog.child({ connId: this.id }))
+    return (this.#log ??= this.#parentLog.child(this.#act === null ? { connId: this.id } : { act: this.#act, connId: this.id }))
   }
 
   /**
@@ -227,7 +233,7 @@ export class Connection implements Deadlined {
    */
   debug (fields: Record<string, unknown>, message: string): void {
     if (this.#log !== null) this.#log.debug(fields, message)
-    else this.#parentLog.debug({ connId: this.id, ...fields }, message)
+    else this.#parentLog.debug(this.#act === null ? { connId: this.id, ...fields } : { act: this.#act, connId: this.id, ...fields }, message)
   }
 
   /** Inbound frames: `rateLimit.perSecond`, with `rateLimit.burst` saved up (full when first used, as at open). */

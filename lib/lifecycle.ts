@@ -195,6 +195,7 @@ export class Lifecycle {
       ip: plan.ip,
       peer: plan.peer,
       log: plan.logger,
+      act: plan.act,
       onBinary: plan.onBinary,
       limits: this.#options,
       observer: this.#hub.observer
@@ -211,7 +212,7 @@ export class Lifecycle {
     this.#hub.observer.opened(conn)
     this.#expiry.arm(conn, plan.payload?.exp)
     // Through the upgrade's logger: the connection's own is made only when something logs through it.
-    plan.logger.debug({ connId: id, channel: plan.channel }, 'connection open')
+    conn.debug({ channel: plan.channel }, 'connection open')
     // With history, `connected` goes once the connection is in its channels, with where each stands (and what its
     // recovery replays): every frame for it is held until then. Without, at once.
     if (this.#options.historyEnabled) conn.hold()

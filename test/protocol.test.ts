@@ -318,7 +318,7 @@ t.test('handler errors', async (t) => {
 })
 
 t.test('an unexpected handler failure is logged with its error; a refused message is not an error log', async (t) => {
-  const lines: Array<{ level: number, msg: string, err?: { message: string }, code?: string, connId?: string }> = []
+  const lines: Array<{ level: number, msg: string, err?: { message: string }, code?: string, connId?: string, act?: string, custom?: boolean }> = []
   const stream = new Writable({
     write (chunk: Buffer, _encoding, done) {
       for (const line of chunk.toString().split('\n')) if (line.length > 0) lines.push(JSON.parse(line))
@@ -328,6 +328,10 @@ t.test('an unexpected handler failure is logged with its error; a refused messag
   const app = Fastify({ logger: { level: 'debug', stream } })
   await app.register(forgeSocket, { jwt: { secret: SECRET } })
   room(app)
+  app.get('/ws-logged', app.socket.act('logged', (app, ps) => {
+    ps.logger.info('deciding')
+    return ps.upgrade('logged', undefined, ps.profile, ps.logger.child({ custom: true }))
+  }))
   app.socket.command('throw', { handler: () => { throw new Error('disk full') } })
   app.socket.command('forbid', { handler: () => { throw forbidden() } })
   t.after(() => app.close())
@@ -340,6 +344,7 @@ t.test('an unexpected handler failure is logged with its error; a refused messag
   t.equal(failed[0]?.level, 50, 'logged at error level')
   t.equal(failed[0]?.err?.message, 'disk full')
   t.type(failed[0]?.connId, 'string', 'with the connection id')
+  t.equal(failed[0]?.act, 'room', 'and the act\'s name')
   const refused = lines.filter((l) => l.msg === 'message refused')
   t.strictSame(refused.map((l) => [l.level, l.code]), [[20, 'FST_SOCKET_FORBIDDEN']], 'a refusal is a debug line with its code')
   t.notOk(lines.some((l) => JSON.stringify(l).includes('payload')), 'no param is logged')
@@ -353,6 +358,15 @@ t.test('an unexpected handler failure is logged with its error; a refused messag
   await closed.wait(secondId)
   const ofSecond = lines.filter((l) => l.connId === secondId).map((l) => l.msg)
   t.ok(['connection open', 'message refused', 'connection closed'].every((msg) => ofSecond.includes(msg)), `open, refused and closed lines with its connId: ${ofSecond.join(', ')}`)
+  t.ok(lines.filter((l) => l.connId === secondId).every((l) => l.act === 'room'), 'each with the act\'s name')
+
+  // A handler that logged through ps.logger, or gave its own logger: the connection's lines come from that one.
+  const third = await connect(`${base}/ws-logged`, TOKEN)
+  await third.client.request('logged', 'throw', null, 'l4')
+  const thirdId = idOf(third.connected)
+  t.match(lines.find((l) => l.msg === 'deciding'), { act: 'logged' }, 'ps.logger has the act\'s name')
+  t.match(lines.find((l) => l.connId === thirdId && l.msg === 'command handler failed'), { act: 'logged', custom: true }, 'the given logger\'s bindings are on the connection\'s lines')
+  third.client.close()
 })
 
 t.test('registering commands', async (t) => {

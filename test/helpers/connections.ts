@@ -36,6 +36,6 @@ export function recordedConnection (id: string, user: string | null, home = 'hom
     ping () {}
   } as unknown as WebSocket
   const profile: Profile | null = user === null ? null : { id: user }
-  const conn = new Connection({ id, socket, stream: null, profile, metadata: null, home, ip: '127.0.0.1', peer: null, log: silentLog, onBinary: undefined, limits, observer: new Observer() })
+  const conn = new Connection({ id, socket, stream: null, profile, metadata: null, home, ip: '127.0.0.1', peer: null, log: silentLog, act: null, onBinary: undefined, limits, observer: new Observer() })
   return { conn, socket: record }
 }
