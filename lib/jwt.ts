@@ -182,6 +182,69 @@ interface DirectVerify {
   verify: (token: string) => unknown
   decoratorName: string
   formatUser: ((claims: TokenPayload) => unknown) | undefined
+  /** What the verifier returned for tokens it accepted, by their exact text; `null` without a cache. */
+  verified: VerifiedTokens | null
+}
+
+/** The longest token the direct verifier keeps by its text (a longer one is looked up in fast-jwt's cache only). */
+const LONGEST_CACHED_TOKEN = 2048
+
+/**
+ * The direct verifier's cache, in front of fast-jwt's: what @fastify/jwt's verifier returned for each token it
+ * accepted, keyed by the token's exact text, so that a hit costs a Map lookup where fast-jwt's costs a SHA-256 of
+ * the token (its key: it keeps no token in memory, and this one keeps each, up to 2 KiB, which at 10,000 entries
+ * bounds it near 20 MiB). An entry is used until the earliest of the token's `exp`, `iat` + the `maxAge` option, and
+ * fast-jwt's own `cacheTTL` (10 minutes) after it was verified: never later than fast-jwt would, which also allows
+ * its `clockTolerance` past `exp` (the token is then verified again, and refused or not by fast-jwt). The oldest entry
+ * makes room for a new one. No failure is kept.
+ */
+export class VerifiedTokens {
+  readonly #entries = new Map<string, { user: unknown, until: number }>()
+  readonly #size: number
+  readonly #ttl: number
+  readonly #maxAge: number | undefined
+
+  /** `maxAge` in milliseconds. */
+  constructor (size: number, ttl: number, maxAge: number | undefined) {
+    this.#size = size
+    this.#ttl = ttl
+    this.#maxAge = maxAge
+  }
+
+  /** What the verifier returned for `token`, while its entry lasts; else undefined. */
+  get (token: string, now: number): unknown {
+    const entry = this.#entries.get(token)
+    if (entry === undefined) return undefined
+    if (now < entry.until) return entry.user
+    this.#entries.delete(token)
+    return undefined
+  }
+
+  /** Keeps what the verifier returned for `token`, whose claims are `claims`. */
+  set (token: string, user: unknown, claims: TokenPayload, now: number): void {
+    if (token.length > LONGEST_CACHED_TOKEN) return
+    let until = now + this.#ttl
+    if (typeof claims.exp === 'number') until = Math.min(until, claims.exp * 1000)
+    if (this.#maxAge !== undefined) until = typeof claims.iat === 'number' ? Math.min(until, claims.iat * 1000 + this.#maxAge) : now
+    if (!(until > now)) return
+    if (this.#entries.size >= this.#size) this.#entries.delete(this.#entries.keys().next().value as string)
+    this.#entries.set(token, { user, until })
+  }
+}
+
+/**
+ * The direct verifier's cache for these verify options: as large as fast-jwt's (`cache`: false or 0 for none), or
+ * none where the options make validity depend on more than `exp`, `iat` and the clock (a fixed `clockTimestamp`, a
+ * `maxAge` given as a string such as `'1h'`: fast-jwt's cache alone keeps those tokens).
+ */
+function verifiedTokens (verify: JwtOptions['verify'] | undefined): VerifiedTokens | null {
+  const options = (verify ?? {}) as { cache?: unknown, cacheTTL?: unknown, maxAge?: unknown, clockTimestamp?: unknown }
+  const size = options.cache === undefined ? TOKEN_CACHE_SIZE : options.cache === true ? 1000 : typeof options.cache === 'number' ? options.cache : 0
+  if (!(size > 0) || options.clockTimestamp !== undefined) return null
+  if (options.maxAge !== undefined && typeof options.maxAge !== 'number') return null
+  const ttl = typeof options.cacheTTL === 'number' ? options.cacheTTL : 600_000
+  // @fastify/jwt takes a number of seconds (and gives fast-jwt milliseconds).
+  return new VerifiedTokens(size, ttl, options.maxAge === undefined ? undefined : (options.maxAge as number) * 1000)
 }
 
 /** `app.jwt`, or one of its namespaces. */
@@ -352,11 +415,18 @@ export class JwtVerifier {
 
   async #run (request: FastifyRequest | InBandRequest, token: string): Promise<TokenPayload> {
     if (this.#direct !== null) {
+      const { decoratorName, formatUser, verified } = this.#direct
       try {
-        const user = this.#direct.verify(token)
-        const { decoratorName, formatUser } = this.#direct
+        const now = Date.now()
+        let user = verified?.get(token, now)
+        let claims: TokenPayload | undefined
+        if (user === undefined) {
+          user = this.#direct.verify(token)
+          claims = this.#resultIsClaims ? user as TokenPayload : claimsOf(token)
+          verified?.set(token, user, claims, now)
+        }
         ;(request as unknown as Record<string, unknown>)[decoratorName] = formatUser === undefined ? user : formatUser(user as TokenPayload)
-        return this.#resultIsClaims ? user as TokenPayload : claimsOf(token)
+        return claims ?? (this.#resultIsClaims ? user as TokenPayload : claimsOf(token))
       } catch (err) {
         throw translate(err, request.log)
       }
@@ -429,7 +499,7 @@ export async function registerJwt (app: FastifyInstance, options: Readonly<JwtSe
   // none of), run the verifier, put the user on the request. forge-socket's own registration calls that verifier
   // itself, the same one with the same options, and skips the rest (a decode and a waterfall per handshake).
   const direct: DirectVerify | null = !registered && jwt !== undefined && fixedKey(jwt.secret) && jwt.trusted === undefined
-    ? { verify: (token) => (decoratorOf(app, namespace) as JWT).verify(token), decoratorName: jwt.decoratorName ?? 'user', formatUser: jwt.formatUser as DirectVerify['formatUser'] }
+    ? { verify: (token) => (decoratorOf(app, namespace) as JWT).verify(token), decoratorName: jwt.decoratorName ?? 'user', formatUser: jwt.formatUser as DirectVerify['formatUser'], verified: verifiedTokens(jwt.verify) }
     : null
   return new JwtVerifier(method, registered ? { extractToken: takeToken, algorithms } : undefined, resultIsClaims, direct)
 }

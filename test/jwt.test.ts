@@ -6,6 +6,7 @@ import Fastify, { type FastifyInstance, type FastifyRequest } from 'fastify'
 import fastifyJwt from '@fastify/jwt'
 import forgeSocket, { forbidden, type ForgeSocketOptions } from '../plugin.js'
 import { resolveOptions } from '../lib/options.js'
+import { VerifiedTokens } from '../lib/jwt.js'
 import { SECRET, build, listen, sign, connect, refused } from './helpers/server.js'
 
 const OTHER = 'another-secret-that-is-long-enough-for-hs256'
@@ -342,6 +343,86 @@ t.test('the jwt option is checked at register', async (t) => {
 
   // What @fastify/jwt itself refuses when it is registered names /jwt too.
   await t.rejects(build({ jwt: { secret: SECRET, sign: { algorithm: 'RS256' } } }), { code: 'FST_SOCKET_INVALID_OPTIONS', message: /^Invalid forge-socket options: \/jwt: RSA Signatures/ })
+})
+
+t.test('the direct verifier (own registration, fixed key, no trusted) keeps verified tokens by their text, never past exp or maxAge', async (t) => {
+  async function serve (options: ForgeSocketOptions): Promise<{ url: string, claims: unknown[], users: unknown[] }> {
+    const claims: unknown[] = []
+    const users: unknown[] = []
+    const app = await build(options, (app) => {
+      app.get('/ws/me', app.socket.act('me', (app, ps) => {
+        claims.push(ps.claims)
+        users.push((ps.request as unknown as { user: unknown }).user)
+        return ps.upgrade('me')
+      }))
+    })
+    t.after(() => app.close())
+    return { url: `${await listen(app)}/ws/me`, claims, users }
+  }
+  async function open (url: string, token: string): Promise<void> {
+    const { client } = await connect(url, token)
+    client.close()
+    await client.closed
+  }
+  const token = sign({ sub: 'ann' })
+  const kept = await serve({ jwt: { secret: SECRET } })
+  await open(kept.url, token)
+  await open(kept.url, token)
+  t.equal(kept.claims[0], kept.claims[1], 'the same token: the claims of its first verification')
+  t.equal(kept.users[0], kept.users[1], 'request.user is what the verifier returned, each time')
+  t.match(kept.claims[0], { sub: 'ann' })
+
+  // Past a 2 KiB token, only fast-jwt's own cache keeps it: it is still accepted each time.
+  const long = sign({ sub: 'ann', pad: 'x'.repeat(3000) })
+  await open(kept.url, long)
+  await open(kept.url, long)
+  t.match(kept.claims[3], { sub: 'ann' }, 'a long token is accepted again')
+
+  const off = await serve({ jwt: { secret: SECRET, verify: { cache: false } } })
+  await open(off.url, token)
+  await open(off.url, token)
+  t.not(off.claims[0], off.claims[1], 'jwt.verify.cache: false verifies every time')
+
+  // maxAge (seconds, as @fastify/jwt takes it) bounds an entry by iat: once past, the token is verified again, and
+  // refused. A string maxAge ('1h') leaves the keeping to fast-jwt's cache.
+  const aged = await serve({ jwt: { secret: SECRET, verify: { maxAge: 1 } }, auth: { expiryGrace: 0 } })
+  const iat = seconds()
+  const young = sign({ sub: 'ann', iat })
+  await open(aged.url, young)
+  await new Promise((resolve) => setTimeout(resolve, iat * 1000 + 1000 - Date.now() + 50))
+  const late = await refused(aged.url, bearer(young))
+  t.equal(late.status, 401, 'a token past iat + maxAge is refused, though it was kept')
+  t.equal(late.body.code, 'FST_SOCKET_TOKEN_EXPIRED')
+  const worded = await serve({ jwt: { secret: SECRET, verify: { maxAge: '1h' } } })
+  await open(worded.url, token)
+  await open(worded.url, token)
+  t.equal(worded.claims[0], worded.claims[1], 'with maxAge as a string, fast-jwt\'s cache keeps the token')
+})
+
+t.test('VerifiedTokens: an entry lasts until exp, iat + maxAge or the TTL, whichever is first; the oldest makes room', async (t) => {
+  const now = 1_000_000_000_000
+  const s = now / 1000
+  const tokens = new VerifiedTokens(2, 600_000, undefined)
+  tokens.set('a', 'A', { exp: s + 60 }, now)
+  t.equal(tokens.get('a', now + 59_999), 'A', 'before exp')
+  t.equal(tokens.get('a', now + 60_000), undefined, 'not at exp')
+  tokens.set('b', 'B', {}, now)
+  t.equal(tokens.get('b', now + 599_999), 'B', 'no exp: the TTL')
+  t.equal(tokens.get('b', now + 600_000), undefined, 'and no longer')
+  tokens.set('c', 'C', { exp: s - 1 }, now)
+  t.equal(tokens.get('c', now), undefined, 'an expired token is not kept')
+  tokens.set('d', 'D', {}, now)
+  tokens.set('e', 'E', {}, now)
+  tokens.set('f', 'F', {}, now)
+  t.same([tokens.get('d', now), tokens.get('e', now), tokens.get('f', now)], [undefined, 'E', 'F'], 'at its size, the oldest goes')
+  tokens.set('x'.repeat(2049), 'L', {}, now)
+  t.equal(tokens.get('x'.repeat(2049), now), undefined, 'a token over 2 KiB is not kept')
+  const aged = new VerifiedTokens(10, 600_000, 5000)
+  aged.set('g', 'G', { iat: s - 2, exp: s + 60 }, now)
+  t.equal(aged.get('g', now + 2999), 'G')
+  t.equal(aged.get('g', now + 3000), undefined, 'iat + maxAge comes first')
+  aged.set('h', 'H', { exp: s + 60 }, now)
+  t.equal(aged.get('h', now), undefined, 'with maxAge, a token without iat is not kept')
 })
 
 t.test('verified tokens are cached: a reconnection with the same token is not verified again, but trusted still runs and exp holds', async (t) => {
