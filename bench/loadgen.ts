@@ -31,6 +31,8 @@ export interface Result {
   loadgenCpu: number
   /** The servers' CPU use during the measurement, % of one core (summed). */
   serverCpu: number
+  /** connect: each server's CPU µs per handshake it took in the timed round (the ports' order). */
+  perServer?: number[]
 }
 
 const task = JSON.parse(process.argv[2] ?? '{}') as Task
@@ -279,6 +281,8 @@ async function connect (t: Extract<Task, { scenario: 'connect' }>): Promise<Resu
   return {
     rate: t.connections / seconds,
     cpuPerMessage: serverMicros / t.connections,
+    // The connections go to the ports in turn, so each server took an equal share.
+    perServer: after.map((s, i) => (s.cpu - (before[i]?.cpu ?? 0)) / (t.connections / after.length)),
     coldRate,
     bytesPerConnection: (delta('heapUsed') + delta('external')) / t.connections,
     rssPerConnection: delta('rss') / t.connections,
