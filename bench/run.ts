@@ -250,7 +250,7 @@ try {
         '',
         '| server | server CPU / handshake | vs ws |',
         '|---|---|---|',
-        ...scenario.kinds.map((kind) => `| ${KIND_NAMES[kind]} | ${fmt(cpu(kind), 2)} µs | ${(((cpu(kind) ?? NaN)) / (cpu('ws') ?? NaN)).toFixed(2)}x |`),
+        ...scenario.kinds.map((kind) => `| ${KIND_NAMES[kind]} | ${fmt(cpu(kind), 2)} µs | ${((cpu(kind) ?? NaN) / (cpu('ws') ?? NaN)).toFixed(2)}x |`),
         '',
         `All at once: ${fmt(summary.ws?.rate, 0)} handshakes/s in all, load generator CPU ${fmt(summary.ws?.loadgenCpu, 0)} %, ${summary.ws?.lost ?? 0} lost.`,
         ''

@@ -182,7 +182,7 @@ interface DirectVerify {
   verify: (token: string) => unknown
   decoratorName: string
   formatUser: ((claims: TokenPayload) => unknown) | undefined
-  /** What the verifier returned for tokens it accepted, by their exact text; `null` without a cache. */
+  /** What the verifier returned for tokens it accepted, and their claims, by their exact text; `null` without a cache. */
   verified: VerifiedTokens | null
 }
 
@@ -199,7 +199,7 @@ const LONGEST_CACHED_TOKEN = 2048
  * makes room for a new one. No failure is kept.
  */
 export class VerifiedTokens {
-  readonly #entries = new Map<string, { user: unknown, until: number }>()
+  readonly #entries = new Map<string, VerifiedToken>()
   readonly #size: number
   readonly #ttl: number
   readonly #maxAge: number | undefined
@@ -211,11 +211,11 @@ export class VerifiedTokens {
     this.#maxAge = maxAge
   }
 
-  /** What the verifier returned for `token`, while its entry lasts; else undefined. */
-  get (token: string, now: number): unknown {
+  /** What the verifier returned for `token` and its claims, while its entry lasts; else undefined. */
+  get (token: string, now: number): VerifiedToken | undefined {
     const entry = this.#entries.get(token)
     if (entry === undefined) return undefined
-    if (now < entry.until) return entry.user
+    if (now < entry.until) return entry
     this.#entries.delete(token)
     return undefined
   }
@@ -228,8 +228,14 @@ export class VerifiedTokens {
     if (this.#maxAge !== undefined) until = typeof claims.iat === 'number' ? Math.min(until, claims.iat * 1000 + this.#maxAge) : now
     if (!(until > now)) return
     if (this.#entries.size >= this.#size) this.#entries.delete(this.#entries.keys().next().value as string)
-    this.#entries.set(token, { user, until })
+    this.#entries.set(token, { user, claims, until })
   }
+}
+
+interface VerifiedToken {
+  user: unknown
+  claims: TokenPayload
+  until: number
 }
 
 /**
@@ -418,15 +424,13 @@ export class JwtVerifier {
       const { decoratorName, formatUser, verified } = this.#direct
       try {
         const now = Date.now()
-        let user = verified?.get(token, now)
-        let claims: TokenPayload | undefined
-        if (user === undefined) {
-          user = this.#direct.verify(token)
-          claims = this.#resultIsClaims ? user as TokenPayload : claimsOf(token)
-          verified?.set(token, user, claims, now)
-        }
+        const kept = verified?.get(token, now)
+        // A kept token's claims were read once, when it was verified: no decode on a hit.
+        const user = kept === undefined ? this.#direct.verify(token) : kept.user
+        const claims = kept?.claims ?? (this.#resultIsClaims ? user as TokenPayload : claimsOf(token))
+        if (kept === undefined) verified?.set(token, user, claims, now)
         ;(request as unknown as Record<string, unknown>)[decoratorName] = formatUser === undefined ? user : formatUser(user as TokenPayload)
-        return claims ?? (this.#resultIsClaims ? user as TokenPayload : claimsOf(token))
+        return claims
       } catch (err) {
         throw translate(err, request.log)
       }
