@@ -306,9 +306,9 @@ export class Connection implements Deadlined {
     return true
   }
 
-  /** Encodes and sends one message to this connection alone. */
-  send (message: OutboundMessage): boolean {
-    const frame = textFrame(encode(message))
+  /** Sends one message to this connection alone: `text` is its encoding, when the caller has it already. */
+  send (message: OutboundMessage, text = encode(message)): boolean {
+    const frame = textFrame(text)
     if (this.observer.tapping) this.observer.sent(this, message.channel, message.cmd, frame.length - headerLength(frame), message.param)
     return this.sendFrame(frame, message.channel, message.seq)
   }

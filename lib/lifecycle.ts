@@ -3,7 +3,7 @@ import type { Duplex } from 'node:stream'
 import type { FastifyBaseLogger } from 'fastify'
 import type { RawData, WebSocket } from 'ws'
 import { CloseCode, errors, withRetryAfter } from './errors.js'
-import { envelope } from './codec.js'
+import { encodeConnected, envelope, type ConnectedParam } from './codec.js'
 import { Connection, ConnectionState, type UpgradePlan } from './connection.js'
 import { Heartbeat } from './heartbeat.js'
 import { ConnectionCounter, RateByKey, addressBlock } from './limits.js'
@@ -216,7 +216,10 @@ export class Lifecycle {
     // With history, `connected` goes once the connection is in its channels, with where each stands (and what its
     // recovery replays): every frame for it is held until then. Without, at once.
     if (this.#options.historyEnabled) conn.hold()
-    else conn.send(envelope(plan.channel, 'connected', this.#connectedParam(conn)))
+    else {
+      const param = this.#connectedParam(conn)
+      conn.send(envelope(plan.channel, 'connected', param), encodeConnected(plan.channel, param))
+    }
     void this.#open(conn, plan.since ?? null)
   }
 
@@ -318,8 +321,8 @@ export class Lifecycle {
   }
 
   /** `connected`'s param: the connection's id and channel, and how long its message ids are remembered. */
-  #connectedParam (conn: Connection): Record<string, unknown> {
-    const param: Record<string, unknown> = { connectionId: conn.id, channels: [conn.home] }
+  #connectedParam (conn: Connection): ConnectedParam {
+    const param: ConnectedParam = { connectionId: conn.id, channels: [conn.home] }
     if (this.#dedupe !== null) param.dedupe = this.#dedupe.advertised(conn)
     return param
   }

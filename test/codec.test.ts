@@ -1,6 +1,8 @@
 import t from 'tap'
+import { randomUUID } from 'node:crypto'
+import fc from 'fast-check'
 import Type from 'typebox'
-import { decode, encode, isValidChannel, assertChannel } from '../lib/codec.js'
+import { decode, encode, encodeConnected, envelope, isValidChannel, assertChannel, type ConnectedParam } from '../lib/codec.js'
 import { RESERVED_COMMANDS, isReserved, isSendableCloseCode, closeReason } from '../lib/protocol.js'
 import { CommandRegistry, type CommandContext } from '../lib/commands.js'
 
@@ -23,6 +25,17 @@ t.test('decode returns the envelope of a valid frame', async (t) => {
     'the envelope does not judge channel names: membership and subscribe do')
   const unicode = decode('{"channel":"c","cmd":"x","param":"żółw 🐢"}', 32)
   t.equal(unicode.param, 'żółw 🐢')
+})
+
+t.test('encodeConnected gives what encode gives for the envelope, for every valid channel name', async (t) => {
+  const channel = fc.stringMatching(/^[A-Za-z0-9_.:@/-]{1,255}$/).filter((name) => isValidChannel(name))
+  const dedupe = fc.option(fc.record({ window: fc.integer({ min: 1, max: 2 ** 31 }), scope: fc.constantFrom('user' as const, 'connection' as const) }), { nil: undefined })
+  // fast-check throws with the smallest counterexample it finds.
+  t.doesNotThrow(() => fc.assert(fc.property(channel, dedupe, (name, advertised) => {
+    const param: ConnectedParam = { connectionId: randomUUID(), channels: [name] }
+    if (advertised !== undefined) param.dedupe = { ...advertised }
+    return encodeConnected(name, param) === encode(envelope(name, 'connected', param))
+  }), { numRuns: 200 }))
 })
 
 t.test('decode refuses what is not an envelope with FST_SOCKET_BAD_REQUEST', async (t) => {
