@@ -26,6 +26,12 @@ export interface Result {
   rssPerConnection?: number
   /** Handshakes per second of a server that has not handled one yet (connect: the first warm-up round). */
   coldRate?: number
+  /** connect: the servers' CPU µs per handshake in that first round (summed), and each server's (the ports' order). */
+  coldCpu?: number
+  coldPerServer?: number[]
+  /** connect: the servers' (summed) and the load generator's CPU use in that first round, % of one core. */
+  coldServerCpu?: number
+  coldLoadgenCpu?: number
   lost: number
   /** The load generator's own CPU use during the measurement, % of one core. */
   loadgenCpu: number
@@ -250,11 +256,25 @@ async function connect (t: Extract<Task, { scenario: 'connect' }>): Promise<Resu
   // Warm-up rounds, as the other scenarios have a warm-up: the first handshakes of a fresh process run cold code
   // (most of all in the servers with more of it), and a long-running server is measured warm. The first round is
   // timed too (`coldRate`).
-  let coldRate = 0
+  let cold: Pick<Result, 'coldRate' | 'coldCpu' | 'coldPerServer' | 'coldServerCpu' | 'coldLoadgenCpu'> = {}
   for (let round = 0; round * t.connections < t.warmup; round++) {
+    const stats0 = round === 0 ? await allStats() : []
+    const cpu0 = cpuMicros()
     const w0 = performance.now()
     const warm = await openMany(t.connections, 'sub', t.concurrency)
-    if (round === 0) coldRate = t.connections / ((performance.now() - w0) / 1000)
+    if (round === 0) {
+      const seconds = (performance.now() - w0) / 1000
+      const loadgenMicros = cpuMicros() - cpu0
+      const perServer = (await allStats()).map((s, i) => s.cpu - (stats0[i]?.cpu ?? 0))
+      const serverMicros = perServer.reduce((sum, micros) => sum + micros, 0)
+      cold = {
+        coldRate: t.connections / seconds,
+        coldCpu: serverMicros / t.connections,
+        coldPerServer: perServer.map((micros) => micros / (t.connections / perServer.length)),
+        coldServerCpu: serverMicros / 1e4 / seconds,
+        coldLoadgenCpu: loadgenMicros / 1e4 / seconds
+      }
+    }
     for (const conn of warm) conn.ws.terminate()
     await allClosed()
   }
@@ -283,7 +303,7 @@ async function connect (t: Extract<Task, { scenario: 'connect' }>): Promise<Resu
     cpuPerMessage: serverMicros / t.connections,
     // The connections go to the ports in turn, so each server took an equal share.
     perServer: after.map((s, i) => (s.cpu - (before[i]?.cpu ?? 0)) / (t.connections / after.length)),
-    coldRate,
+    ...cold,
     bytesPerConnection: (delta('heapUsed') + delta('external')) / t.connections,
     rssPerConnection: delta('rss') / t.connections,
     lost,

@@ -178,7 +178,8 @@ async function runOnce (scenario: Scenario, kind: Kind, redisUrl: string | undef
     const t0 = performance.now()
     const { first } = await child(1, [`${HERE}loadgen.js`, JSON.stringify(scenario.task(kind, ports))])
     const seconds = (performance.now() - t0) / 1000
-    const result = first as Result
+    // Each server's share is the run's own here (one kind at a time); the medians take numbers only.
+    const { perServer: _perServer, coldPerServer: _coldPerServer, ...result } = first as Result
     const machine = (machineBusy() - busy0) / 1e4 / seconds
     return { ...result, other: Math.max(0, machine - result.serverCpu - result.loadgenCpu) }
   } finally {
@@ -193,8 +194,9 @@ async function runTogether (scenario: Scenario, order: Kind[]): Promise<Partial<
     const ports = servers.map((s) => (s.first as { port: number }).port)
     const { first } = await child(1, [`${HERE}loadgen.js`, JSON.stringify(scenario.task(scenario.together?.kind ?? 'ws', ports))])
     // Only the CPU per handshake is each server's own; the rest is the run's (its losses counted once, under ws).
-    const { perServer, bytesPerConnection: _bytes, rssPerConnection: _rss, coldRate: _cold, ...run } = first as Result
-    return Object.fromEntries(order.map((kind, i) => [kind, { ...run, cpuPerMessage: perServer?.[i] as number, lost: kind === 'ws' ? run.lost : 0, other: 0 }]))
+    // The first round's too (each server fresh, the same handshakes in turn): the cold CPU per handshake.
+    const { perServer, coldPerServer, bytesPerConnection: _bytes, rssPerConnection: _rss, coldRate: _cold, coldCpu: _coldCpu, ...run } = first as Result
+    return Object.fromEntries(order.map((kind, i) => [kind, { ...run, cpuPerMessage: perServer?.[i] as number, coldCpu: coldPerServer?.[i] as number, lost: kind === 'ws' ? run.lost : 0, other: 0 }]))
   } finally {
     await Promise.all(servers.map(async (s) => await stop(s.proc)))
   }
@@ -244,13 +246,14 @@ try {
     const base = summary.ws
     if (scenario.together !== undefined) {
       const cpu = (kind: Kind): number | undefined => summary[kind]?.cpuPerMessage
+      const cold = (kind: Kind): number | undefined => summary[kind]?.coldCpu
       process.stdout.write([
         '',
         `### ${scenario.title} (\`${scenario.id}\`)`,
         '',
-        '| server | server CPU / handshake | vs ws |',
-        '|---|---|---|',
-        ...scenario.kinds.map((kind) => `| ${KIND_NAMES[kind]} | ${fmt(cpu(kind), 2)} µs | ${((cpu(kind) ?? NaN) / (cpu('ws') ?? NaN)).toFixed(2)}x |`),
+        '| server | server CPU / handshake | vs ws | cold: the first round\'s | vs ws |',
+        '|---|---|---|---|---|',
+        ...scenario.kinds.map((kind) => `| ${KIND_NAMES[kind]} | ${fmt(cpu(kind), 2)} µs | ${((cpu(kind) ?? NaN) / (cpu('ws') ?? NaN)).toFixed(2)}x | ${fmt(cold(kind), 2)} µs | ${((cold(kind) ?? NaN) / (cold('ws') ?? NaN)).toFixed(2)}x |`),
         '',
         `All at once: ${fmt(summary.ws?.rate, 0)} handshakes/s in all, load generator CPU ${fmt(summary.ws?.loadgenCpu, 0)} %, ${summary.ws?.lost ?? 0} lost.`,
         ''
@@ -276,10 +279,11 @@ try {
       ...rows,
       ...(base?.coldRate === undefined
         ? []
-        : ['', `Cold, the first 2,000 handshakes of a fresh process: ${scenario.kinds.map((kind) => {
+        : ['', `Cold, the first 2,000 handshakes of a fresh process (rate, and server CPU per handshake): ${scenario.kinds.map((kind) => {
             const cold = summary[kind]?.coldRate ?? 0
-            return `${KIND_NAMES[kind]} ${fmt(cold, 0)}/s (${(cold / (base.coldRate as number)).toFixed(2)}x)`
-          }).join(', ')}.`]),
+            const cpu = summary[kind]?.coldCpu ?? 0
+            return `${KIND_NAMES[kind]} ${fmt(cold, 0)}/s (${(cold / (base.coldRate as number)).toFixed(2)}x), ${fmt(cpu, 0)} µs (${(cpu / (base.coldCpu as number)).toFixed(2)}x)`
+          }).join('; ')}.`]),
       ''
     ].join('\n'))
   }
